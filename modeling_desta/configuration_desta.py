@@ -1,0 +1,146 @@
+"""Configuration of DeSTA2.5-Audio: a Whisper audio tower, a Q-Former connector and a causal LM."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Encoder layers tapped by the reference for each Whisper size (0-based). Kept for documentation and
+# for the converter; the model itself only ever reads `DestaConfig.audio_layer_ids`.
+REFERENCE_AUDIO_LAYER_IDS = {
+    "tiny": [0, 1, 2, 3],
+    "small": [2, 5, 8, 11],
+    "medium": [5, 11, 17, 23],
+    "large": [7, 15, 23, 31],
+}
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_desta.DestaConfig",
+    "AutoModel": "modeling_desta.DestaForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_desta.DestaForConditionalGeneration",
+    "AutoModelForMultimodalLM": "modeling_desta.DestaForConditionalGeneration",
+}
+
+
+def default_audio_layer_ids(num_encoder_layers: int, num_taps: int = 4) -> list[int]:
+    """Evenly spaced taps ending at the last encoder layer, the rule behind the reference's choices.
+
+    `default_audio_layer_ids(32) == [7, 15, 23, 31]`, `default_audio_layer_ids(4) == [0, 1, 2, 3]`.
+    """
+    num_taps = min(num_taps, num_encoder_layers)
+    step = num_encoder_layers // num_taps
+    return [step * (i + 1) - 1 for i in range(num_taps)]
+
+
+class DestaConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`DestaForConditionalGeneration`].
+
+    Args:
+        audio_config (`dict` or `WhisperConfig`): the Whisper model (encoder and decoder) that hears the audio
+            and transcribes it.
+        text_config (`dict` or `PreTrainedConfig`): any causal language model's config (Llama by default).
+        audio_layer_ids (`list[int]`): 0-based Whisper encoder layers whose outputs, taken *before* the
+            encoder's final layer norm, feed the connector. Defaults to four evenly spaced layers ending at
+            the last one (`[7, 15, 23, 31]` for whisper-large-v3).
+        num_audio_queries (`int`, defaults to 64): learned queries per tap, hence vectors per 30 s window.
+        qformer_num_hidden_layers (`int`, defaults to 6): depth of the shared Q-Former.
+        qformer_num_attention_heads (`int`): heads of the Q-Former; defaults to the Whisper encoder's.
+        qformer_intermediate_size (`int`, defaults to 3072): feed-forward width of the Q-Former.
+        qformer_hidden_dropout_prob / qformer_attention_dropout_prob (`float`, defaults to 0.1).
+        qformer_layer_norm_eps (`float`, defaults to 1e-12): the Q-Former's (BERT) layer norms.
+        projector_layer_norm_eps (`float`, defaults to 1e-5): the layer norm before the LLM projection.
+        audio_token_id (`int`): id of the placeholder token replaced by connector outputs.
+        audio_start_text / audio_end_text (`str`): plain-text markers around each audio span.
+    """
+
+    model_type = "desta"
+    # Defaults mirror the release: whisper-large-v3 and Llama-3.1-8B-Instruct.
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="whisper",
+            init_kwargs={
+                "d_model": 1280,
+                "encoder_layers": 32,
+                "decoder_layers": 32,
+                "encoder_attention_heads": 20,
+                "decoder_attention_heads": 20,
+                "encoder_ffn_dim": 5120,
+                "decoder_ffn_dim": 5120,
+                "num_mel_bins": 128,
+                "vocab_size": 51866,
+            },
+        ),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="llama",
+            init_kwargs={
+                "hidden_size": 4096,
+                "intermediate_size": 14336,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+                "max_position_embeddings": 131072,
+                "rms_norm_eps": 1e-5,
+                "bos_token_id": 128000,
+                "eos_token_id": [128001, 128008, 128009],
+            },
+        ),
+    }
+
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    audio_layer_ids: list[int] | None = None
+    num_audio_queries: int = 64
+    qformer_num_hidden_layers: int = 6
+    qformer_num_attention_heads: int | None = None
+    qformer_intermediate_size: int = 3072
+    qformer_hidden_act: str = "gelu"
+    qformer_hidden_dropout_prob: float = 0.1
+    qformer_attention_dropout_prob: float = 0.1
+    qformer_layer_norm_eps: float = 1e-12
+    projector_layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    audio_token_id: int | None = None
+    audio_start_text: str = "<start_audio>"
+    audio_end_text: str = "<end_audio>"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        num_encoder_layers = self.audio_config.encoder_layers
+        if self.audio_layer_ids is None:
+            self.audio_layer_ids = default_audio_layer_ids(num_encoder_layers)
+        self.audio_layer_ids = [int(i) for i in self.audio_layer_ids]
+        self._validate_audio_layer_ids(num_encoder_layers)
+        if self.qformer_num_attention_heads is None:
+            self.qformer_num_attention_heads = self.audio_config.encoder_attention_heads
+        if self.audio_config.d_model % self.qformer_num_attention_heads:
+            raise ValueError(
+                f"qformer_num_attention_heads={self.qformer_num_attention_heads} does not divide the Whisper "
+                f"hidden size d_model={self.audio_config.d_model}."
+            )
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self.auto_map = {**AUTO_MAP, **(self.auto_map or {})} if hasattr(self, "auto_map") else dict(AUTO_MAP)
+
+    def _validate_audio_layer_ids(self, num_encoder_layers: int) -> None:
+        ids = self.audio_layer_ids
+        if not ids:
+            raise ValueError("audio_layer_ids must name at least one Whisper encoder layer.")
+        if sorted(set(ids)) != ids:
+            raise ValueError(f"audio_layer_ids must be strictly increasing, got {ids}.")
+        if ids[0] < 0 or ids[-1] >= num_encoder_layers:
+            raise ValueError(
+                f"audio_layer_ids {ids} fall outside the Whisper encoder's {num_encoder_layers} layers (0-based)."
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+
+__all__ = ["DestaConfig", "default_audio_layer_ids", "REFERENCE_AUDIO_LAYER_IDS"]

@@ -1,0 +1,464 @@
+"""DeSTA2.5-Audio: a frozen Whisper, a Q-Former connector and a causal LM, as a transformers model.
+
+Layout (what `state_dict()` holds):
+    model.audio_tower      the whole `WhisperForConditionalGeneration` (encoder for the connector, decoder for ASR)
+    model.connector        layer prompts, layer weights, one shared Q-Former, LayerNorm + Linear projection
+    model.language_model   the causal LM's base model (e.g. `LlamaModel`)
+    lm_head                the causal LM's output projection
+
+The connector's parameter names follow the reference checkpoint's BERT layout, so converting one is a pure
+prefix rename: `perception.connector.` -> `model.connector.`.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+    WhisperForConditionalGeneration,
+)
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+
+from .configuration_desta import DestaConfig
+
+
+class DestaQFormerAttention(nn.Module):
+    """Multi-head attention without any mask: query self-attention is bidirectional, cross-attention sees every frame."""
+
+    def __init__(self, config: DestaConfig):
+        super().__init__()
+        hidden_size = config.audio_config.d_model
+        self.num_heads = config.qformer_num_attention_heads
+        self.head_dim = hidden_size // self.num_heads
+        self.dropout = config.qformer_attention_dropout_prob
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return states.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor) -> torch.Tensor:
+        query = self._split_heads(self.query(hidden_states))
+        key = self._split_heads(self.key(key_value_states))
+        value = self._split_heads(self.value(key_value_states))
+        context = F.scaled_dot_product_attention(
+            query, key, value, dropout_p=self.dropout if self.training else 0.0, is_causal=False
+        )
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+
+class DestaQFormerResidualOutput(nn.Module):
+    """Dense -> dropout -> add the residual -> LayerNorm (BERT's post-LN block)."""
+
+    def __init__(self, config: DestaConfig, input_size: int):
+        super().__init__()
+        hidden_size = config.audio_config.d_model
+        self.dense = nn.Linear(input_size, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=config.qformer_layer_norm_eps)
+        self.dropout = nn.Dropout(config.qformer_hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class DestaQFormerAttentionBlock(nn.Module):
+    def __init__(self, config: DestaConfig):
+        super().__init__()
+        self.self = DestaQFormerAttention(config)
+        self.output = DestaQFormerResidualOutput(config, config.audio_config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(hidden_states, key_value_states), hidden_states)
+
+
+class DestaQFormerIntermediate(nn.Module):
+    def __init__(self, config: DestaConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.audio_config.d_model, config.qformer_intermediate_size)
+        self.act = ACT2FN[config.qformer_hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(hidden_states))
+
+
+class DestaQFormerLayer(GradientCheckpointingLayer):
+    """Query self-attention -> cross-attention to the audio states -> feed-forward, each post-LN."""
+
+    def __init__(self, config: DestaConfig):
+        super().__init__()
+        self.attention = DestaQFormerAttentionBlock(config)
+        self.crossattention = DestaQFormerAttentionBlock(config)
+        self.intermediate = DestaQFormerIntermediate(config)
+        self.output = DestaQFormerResidualOutput(config, config.qformer_intermediate_size)
+
+    def forward(self, queries: torch.Tensor, audio_states: torch.Tensor) -> torch.Tensor:
+        queries = self.attention(queries, queries)
+        queries = self.crossattention(queries, audio_states)
+        return self.output(self.intermediate(queries), queries)
+
+
+class DestaQFormer(nn.Module):
+    def __init__(self, config: DestaConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(DestaQFormerLayer(config) for _ in range(config.qformer_num_hidden_layers))
+
+    def forward(self, queries: torch.Tensor, audio_states: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            queries = layer(queries, audio_states)
+        return queries
+
+
+class DestaConnector(nn.Module):
+    """Turns the tapped Whisper states of each 30 s window into `num_audio_queries` LLM-sized vectors.
+
+    One learned query set per tap goes through the *shared* Q-Former against that tap's states; the
+    per-tap results are mixed with a separate softmax over taps for every query position; a LayerNorm and
+    a Linear map the mixture to the LLM's hidden size.
+    """
+
+    def __init__(self, config: DestaConfig):
+        super().__init__()
+        hidden_size = config.audio_config.d_model
+        num_taps = len(config.audio_layer_ids)
+        self.layer_prompts = nn.ParameterList(
+            nn.Parameter(torch.empty(1, config.num_audio_queries, hidden_size)) for _ in range(num_taps)
+        )
+        self.layer_weights = nn.Parameter(torch.zeros(config.num_audio_queries, num_taps))
+        self.qformer = DestaQFormer(config)
+        self.proj = nn.Sequential(
+            nn.LayerNorm(hidden_size, eps=config.projector_layer_norm_eps),
+            nn.Linear(hidden_size, config.text_config.hidden_size),
+        )
+
+    def mixing_weights(self) -> torch.Tensor:
+        """`(num_audio_queries, num_taps)`: each query's softmax over taps."""
+        return self.layer_weights.softmax(dim=-1)
+
+    def forward(self, tapped_states: list[torch.Tensor]) -> torch.Tensor:
+        batch = tapped_states[0].shape[0]
+        # All taps go through the shared Q-Former in one batched pass: (num_taps * batch, ...).
+        queries = torch.cat([prompt.expand(batch, -1, -1) for prompt in self.layer_prompts])
+        audio_states = torch.cat(tapped_states).to(queries.dtype)
+        per_tap = self.qformer(queries, audio_states).unflatten(0, (len(tapped_states), batch))
+        weights = self.mixing_weights().to(per_tap.dtype).transpose(0, 1)[:, None, :, None]
+        mixed = (per_tap * weights).sum(dim=0)
+        return self.proj(mixed)
+
+
+class DestaPreTrainedModel(PreTrainedModel):
+    config: DestaConfig
+    config_class = DestaConfig
+    base_model_prefix = "model"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DestaQFormerLayer", "WhisperEncoderLayer", "WhisperDecoderLayer", "LlamaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DestaConnector):
+            for prompt in module.layer_prompts:
+                init.normal_(prompt, mean=0.0, std=1.0)
+            init.zeros_(module.layer_weights)
+
+
+class DestaModel(DestaPreTrainedModel):
+    """Whisper + connector + the LLM's base model; returns the LLM's last hidden state."""
+
+    def __init__(self, config: DestaConfig):
+        super().__init__(config)
+        self.audio_tower = WhisperForConditionalGeneration(config.audio_config)
+        self.connector = DestaConnector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    @property
+    def audio_encoder(self):
+        return self.audio_tower.get_encoder()
+
+    def encode_audio(
+        self, input_features: torch.Tensor, output_last_hidden_state: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Run the Whisper encoder once and return the tapped states (pre-final-LN) of `audio_layer_ids`.
+
+        Layers past the deepest tap are skipped unless `output_last_hidden_state` asks for the encoder's
+        normed output too (what Whisper's decoder needs for ASR); then both come from the same pass.
+        """
+        encoder = self.audio_encoder
+        expected_frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        if input_features.ndim != 3 or input_features.shape[-1] != expected_frames:
+            raise ValueError(
+                f"input_features must have shape (num_windows, {encoder.config.num_mel_bins}, {expected_frames}) "
+                f"(one padded 30 s window per row), got {tuple(input_features.shape)}."
+            )
+        input_features = input_features.to(encoder.conv1.weight.dtype)
+        hidden_states = F.gelu(encoder.conv1(input_features))
+        hidden_states = F.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
+        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+        hidden_states = F.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
+
+        tap_ids = self.config.audio_layer_ids
+        last_layer = len(encoder.layers) - 1 if output_last_hidden_state else tap_ids[-1]
+        taps = []
+        for index, layer in enumerate(encoder.layers[: last_layer + 1]):
+            hidden_states = layer(hidden_states, None)
+            if index in tap_ids:
+                taps.append(hidden_states)
+        last_hidden_state = encoder.layer_norm(hidden_states) if output_last_hidden_state else None
+        return taps, last_hidden_state
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, output_last_hidden_state: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Connector outputs for every 30 s window, flattened to `(num_windows * num_audio_queries, hidden)`.
+
+        `pooler_output` holds them in placeholder order; `last_hidden_state` holds Whisper's normed encoder
+        output (same pass) when `output_last_hidden_state=True`, for transcription without a second run.
+        """
+        taps, last_hidden_state = self.encode_audio(input_features, output_last_hidden_state)
+        audio_embeds = self.connector(taps).flatten(0, 1)
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=audio_embeds)
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the audio placeholder positions, after checking there is one per audio vector."""
+        mask = input_ids == self.config.audio_token_id
+        num_placeholders = int(mask.sum())
+        if num_placeholders != audio_embeds.shape[0]:
+            queries = self.config.num_audio_queries
+            raise ValueError(
+                f"The input holds {num_placeholders} audio placeholder tokens (id {self.config.audio_token_id}) "
+                f"but the audio gives {audio_embeds.shape[0]} vectors ({audio_embeds.shape[0] // queries} windows x "
+                f"{queries} queries). Build inputs with DestaProcessor so each audio gets one placeholder per vector."
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        audio_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if audio_embeds is None and input_features is not None:
+            audio_embeds = self.get_audio_features(input_features).pooler_output
+        if audio_embeds is not None:
+            if input_ids is None:
+                raise ValueError("Audio inputs need input_ids to locate the audio placeholders.")
+            mask = self.get_placeholder_mask(input_ids, audio_embeds).unsqueeze(-1).to(inputs_embeds.device)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype))
+        elif input_ids is not None and _is_prefill(past_key_values):
+            self._check_no_orphan_placeholders(input_ids)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return BaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _check_no_orphan_placeholders(self, input_ids: torch.LongTensor) -> None:
+        if self.config.audio_token_id is None:
+            return
+        num_placeholders = int((input_ids == self.config.audio_token_id).sum())
+        if num_placeholders:
+            raise ValueError(
+                f"The input holds {num_placeholders} audio placeholder tokens but no input_features were given."
+            )
+
+
+def _is_prefill(past_key_values) -> bool:
+    return past_key_values is None or past_key_values.get_seq_length() == 0
+
+
+class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
+    """DeSTA2.5-Audio with a language-modelling head: audio + text in, text out."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: DestaConfig):
+        super().__init__(config)
+        self.model = DestaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def get_audio_features(self, input_features: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_audio_features(input_features, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        audio_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            input_features=input_features,
+            audio_embeds=audio_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        audio_embeds = kwargs.pop("audio_embeds", None)
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # Audio is spliced in at prefill only; decode steps reuse the KV cache and never re-run the encoder.
+        if audio_embeds is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
+            model_inputs["audio_embeds"] = audio_embeds
+        return model_inputs
+
+    @torch.no_grad()
+    def transcribe(
+        self, input_features: torch.Tensor | None = None, encoder_last_hidden_state: torch.Tensor | None = None, **generate_kwargs
+    ) -> torch.LongTensor:
+        """Whisper's own greedy transcription, as Whisper token ids (decode with the Whisper tokenizer).
+
+        Pass `encoder_last_hidden_state` from `get_audio_features(..., output_last_hidden_state=True)` to reuse
+        the encoder pass that fed the connector; otherwise the encoder runs on `input_features`.
+        """
+        whisper = self.model.audio_tower
+        if encoder_last_hidden_state is None:
+            if input_features is None:
+                raise ValueError("transcribe needs input_features or encoder_last_hidden_state.")
+            _, encoder_last_hidden_state = self.model.encode_audio(input_features, output_last_hidden_state=True)
+        generate_kwargs.setdefault("do_sample", False)
+        encoder_outputs = BaseModelOutputWithPooling(last_hidden_state=encoder_last_hidden_state)
+        num_windows, _, _ = encoder_last_hidden_state.shape
+        placeholder_features = encoder_last_hidden_state.new_zeros(
+            num_windows, whisper.config.num_mel_bins, 2 * whisper.config.max_source_positions
+        )
+        return whisper.generate(input_features=placeholder_features, encoder_outputs=encoder_outputs, **generate_kwargs)
+
+    @classmethod
+    def from_components(
+        cls,
+        llm: str | os.PathLike | PreTrainedModel,
+        whisper: str | os.PathLike | PreTrainedModel,
+        audio_token_id: int | None = None,
+        vocab_size: int | None = None,
+        dtype: torch.dtype | str | None = None,
+        **config_overrides,
+    ) -> "DestaForConditionalGeneration":
+        """A fresh DeSTA model from a pretrained causal LM and a pretrained Whisper (ids, folders or models).
+
+        The LLM and Whisper weights are copied as they are; the connector is freshly initialised. Pass the
+        `audio_token_id` (and the tokenizer's length as `vocab_size`, when it grew) that
+        `DestaProcessor.from_components` chose; embeddings are resized only if `vocab_size` exceeds them.
+        """
+        llm_model = llm if isinstance(llm, PreTrainedModel) else AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        whisper_model = (
+            whisper
+            if isinstance(whisper, PreTrainedModel)
+            else WhisperForConditionalGeneration.from_pretrained(whisper, dtype=dtype)
+        )
+        if vocab_size is not None and vocab_size > llm_model.get_input_embeddings().weight.shape[0]:
+            llm_model.resize_token_embeddings(vocab_size, mean_resizing=True)
+        config = DestaConfig(
+            audio_config=whisper_model.config.to_dict(),
+            text_config=llm_model.config.to_dict(),
+            audio_token_id=audio_token_id,
+            **config_overrides,
+        )
+        model = cls(config).to(llm_model.dtype)
+        model.model.audio_tower.load_state_dict(whisper_model.state_dict())
+        model.model.language_model.load_state_dict(llm_model.get_decoder().state_dict())
+        model.lm_head.load_state_dict(llm_model.get_output_embeddings().state_dict())
+        model.generation_config = llm_model.generation_config
+        model.model.audio_tower.generation_config = whisper_model.generation_config
+        model.tie_weights()
+        return model
+
+
+def _register_auto_classes() -> None:
+    """Registration for `pip install` users; `auto_map` in the config covers remote-code users."""
+    try:
+        AutoConfig.register("desta", DestaConfig)
+        AutoModel.register(DestaConfig, DestaForConditionalGeneration)
+        AutoModelForCausalLM.register(DestaConfig, DestaForConditionalGeneration)
+    except ValueError:
+        return  # already registered (module imported twice under different names)
+    from transformers import AutoModelForMultimodalLM
+
+    AutoModelForMultimodalLM.register(DestaConfig, DestaForConditionalGeneration)
+
+
+DestaConfig.register_for_auto_class()
+DestaForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+_register_auto_classes()
+
+__all__ = ["DestaConfig", "DestaConnector", "DestaModel", "DestaForConditionalGeneration", "DestaPreTrainedModel"]
