@@ -1,0 +1,318 @@
+"""DestaProcessor: chat messages with audio -> `input_ids` / `attention_mask` / `input_features`.
+
+Each audio becomes, in place, `<start_audio>` + `num_audio_queries` placeholder tokens per 30 s window +
+the transcript's own LLM tokens + `<end_audio>` (the markers are plain text, as in the release). The model
+replaces the placeholders with connector outputs; everything else is ordinary text.
+"""
+
+import math
+import os
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
+
+from .audio_io import TARGET_SAMPLING_RATE, load_audio
+
+# The reference's placeholder for Llama-3 tokenizers: an existing reserved token, so no embedding grows.
+LLAMA3_AUDIO_TOKEN = "<|reserved_special_token_87|>"
+# The reference's data format marks audio in string content with this locator (DeSTA-AQA5M `messages`).
+REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
+DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
+DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
+AUDIO_SOURCE_KEYS = ("path", "audio", "url", "array")
+CONTENT_JOINER = "\n\n"
+
+
+class DestaProcessor(ProcessorMixin):
+    r"""
+    Wraps a Whisper feature extractor and the LLM tokenizer.
+
+    Args:
+        feature_extractor (`WhisperFeatureExtractor`): log-mel features for each 30 s window.
+        tokenizer: the LLM tokenizer; it must know `audio_token` as a single token.
+        audio_token (`str`): placeholder token replaced by connector outputs.
+        num_audio_queries (`int`): placeholders per 30 s window (the model's `num_audio_queries`).
+        audio_start_text / audio_end_text (`str`): plain-text markers around each audio span.
+        max_transcript_tokens (`int`, *optional*): cap on each transcript's LLM tokens (the release trained
+            with 100); `None` keeps whole transcripts.
+        max_audio_seconds (`float`): longest clip accepted; longer ones raise instead of being cut.
+        chat_template (`str`, *optional*): defaults to the tokenizer's.
+    """
+
+    def __init__(
+        self,
+        feature_extractor,
+        tokenizer,
+        audio_token: str = DEFAULT_AUDIO_TOKEN,
+        num_audio_queries: int = 64,
+        audio_start_text: str = "<start_audio>",
+        audio_end_text: str = "<end_audio>",
+        max_transcript_tokens: int | None = None,
+        max_audio_seconds: float = 600.0,
+        chat_template: str | None = None,
+    ):
+        self.audio_token = audio_token
+        self.num_audio_queries = num_audio_queries
+        self.audio_start_text = audio_start_text
+        self.audio_end_text = audio_end_text
+        self.max_transcript_tokens = max_transcript_tokens
+        self.max_audio_seconds = max_audio_seconds
+        if chat_template is None:
+            chat_template = getattr(tokenizer, "chat_template", None)
+        super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        if self.audio_token_id in (None, tokenizer.unk_token_id):
+            raise ValueError(f"The tokenizer does not know the audio token {audio_token!r}; add it as a special token.")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_components(
+        cls, llm: str | os.PathLike, whisper: str | os.PathLike, audio_token: str | None = None, **kwargs
+    ) -> "DestaProcessor":
+        """The processor for a model built by `DestaForConditionalGeneration.from_components(llm, whisper)`.
+
+        The audio token is the reference's `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3),
+        else `<|AUDIO|>`, added as a special token only if missing. Pass `len(processor.tokenizer)` as the
+        model's `vocab_size` so embeddings grow only when a token was really added.
+        """
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
+        if audio_token is None:
+            audio_token = LLAMA3_AUDIO_TOKEN if LLAMA3_AUDIO_TOKEN in tokenizer.get_vocab() else DEFAULT_AUDIO_TOKEN
+        if audio_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
+
+    @property
+    def audio_token_id(self) -> int | None:
+        return self.tokenizer.convert_tokens_to_ids(self.audio_token)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "input_features"]
+
+    # ------------------------------------------------------------------ audio
+    @property
+    def window_samples(self) -> int:
+        return self.feature_extractor.n_samples
+
+    def load_audio(self, source) -> np.ndarray:
+        """Decode one audio item (path, URL, bytes, array, dict, AudioDecoder) to 16 kHz mono float32."""
+        return load_audio(source, sampling_rate=self.feature_extractor.sampling_rate)
+
+    def num_windows(self, waveform: np.ndarray) -> int:
+        """How many 30 s windows a clip spans; clips over `max_audio_seconds` raise instead of being cut."""
+        seconds = len(waveform) / self.feature_extractor.sampling_rate
+        if seconds > self.max_audio_seconds:
+            raise ValueError(
+                f"An audio clip lasts {seconds:.1f} s, over max_audio_seconds={self.max_audio_seconds:g}. "
+                "Split it, or raise processor.max_audio_seconds."
+            )
+        return max(1, math.ceil(len(waveform) / self.window_samples))
+
+    def split_windows(self, waveform: np.ndarray) -> list[np.ndarray]:
+        size = self.window_samples
+        return [waveform[start : start + size] for start in range(0, self.num_windows(waveform) * size, size)]
+
+    def extract_features(self, waveforms: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        """Log-mel features of every 30 s window of every clip, in order, and each clip's window count."""
+        windows, counts = [], []
+        for waveform in waveforms:
+            clip_windows = self.split_windows(waveform)
+            windows.extend(clip_windows)
+            counts.append(len(clip_windows))
+        features = self.feature_extractor(
+            windows, sampling_rate=self.feature_extractor.sampling_rate, return_tensors="pt", padding="max_length"
+        ).input_features
+        return features, counts
+
+    # ------------------------------------------------------------------ text
+    def _transcript_ids(self, transcript: str | None) -> list[int]:
+        if not transcript or not transcript.strip():
+            return []
+        ids = self.tokenizer(transcript.strip(), add_special_tokens=False).input_ids
+        return ids[: self.max_transcript_tokens] if self.max_transcript_tokens is not None else ids
+
+    def expand_audio_tokens(self, ids: list[int], window_counts: list[int], transcripts: list[str | None]) -> list[int]:
+        """Replace each audio token in `ids` with its placeholders (one per connector vector) and transcript."""
+        expanded, audio_index = [], 0
+        for token_id in ids:
+            if token_id != self.audio_token_id:
+                expanded.append(token_id)
+                continue
+            expanded.extend([token_id] * (self.num_audio_queries * window_counts[audio_index]))
+            expanded.extend(self._transcript_ids(transcripts[audio_index]))
+            audio_index += 1
+        return expanded
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio=None,
+        transcripts: list[str | None] | None = None,
+        padding: bool | str = True,
+        padding_side: str = "left",
+        add_special_tokens: bool = True,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize `text` whose audio positions are marked by `audio_token` (one per clip, in order).
+
+        `audio` is a list of clips (anything `load_audio` takes) matching the markers across the whole batch;
+        `transcripts` an aligned list of strings (or `None` for no transcript).
+        """
+        if text is None:
+            raise ValueError("DestaProcessor needs `text`; audio goes where `audio_token` appears in it.")
+        texts = [text] if isinstance(text, str) else list(text)
+        audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
+        transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
+        self._check_audio_count(texts, audios, transcripts)
+
+        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
+        encoded = self.tokenizer(
+            [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
+        )
+        data = {"input_ids": encoded["input_ids"]}
+        if audios:
+            features, window_counts = self.extract_features([self.load_audio(a) for a in audios])
+            data["input_ids"] = self._expand_batch(data["input_ids"], window_counts, transcripts)
+            audio_features = features
+        padded = self.tokenizer.pad(
+            {"input_ids": data["input_ids"]}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
+        )
+        result = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+        if audios:
+            result["input_features"] = audio_features
+        return BatchFeature(result, tensor_type=return_tensors)
+
+    def _expand_batch(self, batch_ids, window_counts, transcripts) -> list[list[int]]:
+        expanded, offset = [], 0
+        for ids in batch_ids:
+            count = sum(1 for token_id in ids if token_id == self.audio_token_id)
+            expanded.append(
+                self.expand_audio_tokens(
+                    ids, window_counts[offset : offset + count], transcripts[offset : offset + count]
+                )
+            )
+            offset += count
+        return expanded
+
+    def _check_audio_count(self, texts: list[str], audios: list, transcripts: list) -> None:
+        markers = sum(t.count(self.audio_token) for t in texts)
+        if markers != len(audios):
+            raise ValueError(
+                f"The text holds {markers} audio placeholders ({self.audio_token!r}) but {len(audios)} audio clips "
+                "were given; pass exactly one clip per placeholder, in order."
+            )
+        if len(transcripts) != len(audios):
+            raise ValueError(f"Got {len(transcripts)} transcripts for {len(audios)} audio clips.")
+
+    # ------------------------------------------------------------------ chat
+    def render_conversation(self, conversation: list[dict], add_generation_prompt: bool = True, **template_kwargs):
+        """(prompt text with one `audio_token` per audio, the audio items in order).
+
+        Content is either a list of `{"type": "text"|"audio", ...}` items (joined with a blank line), or the
+        reference / DeSTA-AQA5M format: a string with `<|AUDIO|>` locators plus an `audios` list of
+        `{"audio": path, "text": transcript}`, kept verbatim.
+        """
+        messages, audio_items = [], []
+        for message in conversation:
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise ValueError(f"Each message needs 'role' and 'content'; got {message!r}.")
+            if isinstance(message["content"], str):
+                text, items = self._render_reference_content(message["content"], message.get("audios") or [])
+            else:
+                text, items = self._render_items(message["content"])
+            messages.append({"role": message["role"], "content": text})
+            audio_items.extend(items)
+        text = self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
+        )
+        return text, audio_items
+
+    def _render_items(self, content: list) -> tuple[str, list[dict]]:
+        parts, audio_items = [], []
+        for item in content:
+            if not isinstance(item, dict) or item.get("type") not in ("text", "audio"):
+                raise ValueError(f"Content items must be {{'type': 'text'|'audio', ...}}; got {item!r}.")
+            if item["type"] == "audio":
+                audio_source(item)
+                parts.append(self.audio_token)
+                audio_items.append(item)
+            else:
+                parts.append(item.get("text") or "")
+        return CONTENT_JOINER.join(parts), audio_items
+
+    def _render_reference_content(self, content: str, audios: list[dict]) -> tuple[str, list[dict]]:
+        if content.count(REFERENCE_AUDIO_LOCATOR) != len(audios):
+            raise ValueError(
+                f"A message marks {content.count(REFERENCE_AUDIO_LOCATOR)} audios with {REFERENCE_AUDIO_LOCATOR} "
+                f"but lists {len(audios)} in 'audios'."
+            )
+        items = [
+            {"type": "audio", "path": entry.get("audio", entry.get("path")), "transcript": entry.get("text")}
+            for entry in audios
+        ]
+        return content.replace(REFERENCE_AUDIO_LOCATOR, self.audio_token), items
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = True,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        padding_side: str = "left",
+        **kwargs,
+    ):
+        """Render one conversation or a batch of them and, with `tokenize=True`, encode text and audio.
+
+        Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`.
+        """
+        conversations = [conversation] if _is_single_conversation(conversation) else list(conversation)
+        rendered = [self.render_conversation(c, add_generation_prompt=add_generation_prompt, **kwargs) for c in conversations]
+        texts = [text for text, _ in rendered]
+        if not tokenize:
+            return texts[0] if _is_single_conversation(conversation) else texts
+        items = [item for _, row_items in rendered for item in row_items]
+        return self(
+            text=texts,
+            audio=[audio_source(item) for item in items],
+            transcripts=[item.get("transcript") for item in items],
+            padding=padding,
+            padding_side=padding_side,
+            add_special_tokens=False,
+            return_tensors=return_tensors,
+        )
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def _is_single_conversation(conversation) -> bool:
+    return bool(conversation) and isinstance(conversation[0], dict)
+
+
+def audio_source(item: dict):
+    """The audio payload of an audio item: a path/URL/bytes/array, or an `{"array", "sampling_rate"}` dict."""
+    if item.get("array") is not None:
+        rate = item.get("sampling_rate", TARGET_SAMPLING_RATE)
+        return {"array": item["array"], "sampling_rate": rate}
+    for key in ("path", "audio", "url"):
+        if item.get(key) is not None:
+            return item[key]
+    raise ValueError(f"An audio item needs one of {AUDIO_SOURCE_KEYS}; got keys {sorted(item)}.")
+
+
+DestaProcessor.register_for_auto_class()
+
+__all__ = ["DestaProcessor", "DEFAULT_SYSTEM_PROMPT", "audio_source"]

@@ -1,0 +1,107 @@
+"""Session fixtures: tiny components saved to disk, real audio clips, the real Whisper tiny.en when available."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tiny_assets  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer")
+    tiny_assets.build_tokenizer(path)
+    return path
+
+
+@pytest.fixture()
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def llm_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("llm")
+    tiny_assets.build_llm(AutoTokenizer.from_pretrained(tokenizer_dir), save_dir=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("whisper")
+    tiny_assets.build_whisper(save_dir=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_whisper_dir(tmp_path_factory) -> Path:
+    """Real pretrained Whisper tiny.en (built offline by ../shared/tools); skips where that tool is absent."""
+    cache = Path(os.environ.get("DESTA_TEST_CACHE", tmp_path_factory.getbasetemp() / "cache"))
+    path = tiny_assets.real_whisper_tiny_en(cache / "whisper-tiny.en")
+    if path is None:
+        pytest.skip("../shared/tools/whisper_tiny_en.py is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(llm_dir, whisper_dir):
+    """(model, processor) built with from_components on the tiny local LLM and Whisper."""
+    from modeling_desta import DestaForConditionalGeneration
+    from processing import DestaProcessor
+
+    processor = DestaProcessor.from_components(llm_dir, whisper_dir, num_audio_queries=8)
+    model = DestaForConditionalGeneration.from_components(
+        llm_dir,
+        whisper_dir,
+        audio_token_id=processor.audio_token_id,
+        vocab_size=len(processor.tokenizer),
+        num_audio_queries=8,
+        qformer_num_hidden_layers=2,
+        qformer_intermediate_size=128,
+    ).eval()
+    return model, processor
+
+
+@pytest.fixture(scope="session")
+def saved_model_dir(tmp_path_factory, tiny_parts) -> Path:
+    model, processor = tiny_parts
+    path = tmp_path_factory.mktemp("saved_model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tmp_path_factory) -> Path:
+    """Real clips: espeak speech, a tone, silence, noise, a stereo 44.1 kHz tone, an 8 kHz clip, a 45 s clip."""
+    if not tiny_assets.tools_available():
+        pytest.skip("espeak-ng and sox are required for audio fixtures")
+    path = tmp_path_factory.mktemp("audio")
+    tiny_assets.speak(path / "hello.wav", "hello world")
+    tiny_assets.speak(path / "numbers.wav", "one two three four five six")
+    tiny_assets.sox_synth(path / "tone.wav", 2.0, freq=440)
+    tiny_assets.sox_silence(path / "silence.wav", 2.0)
+    tiny_assets.sox_synth(path / "noise.wav", 2.0, kind="whitenoise")
+    tiny_assets.sox_synth(path / "stereo_44k.wav", 1.5, freq=330, rate=44100, channels=2)
+    tiny_assets.speak(path / "speech_8k.wav", "testing eight kilohertz", rate=8000)
+    tiny_assets.sox_synth(path / "long_45s.wav", 45.0, freq=220)
+    (path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt this is not audio")
+    (path / "empty.wav").write_bytes(b"")
+    tiny_assets.write_zero_length_wav(path / "zero_length.wav")
+    return path
