@@ -26,9 +26,10 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 def round_half_up(seconds: float) -> int:
     """Whole seconds, rounding .5 up (Python's round() would send 2.5 to 2)."""
-    return int(math.floor(seconds + 0.5))
+    return math.floor(seconds + 0.5)
 
 
 def format_timestamp(seconds: float) -> str:
@@ -392,7 +393,7 @@ def decode_audio(source: Any) -> np.ndarray:
 def prepare_row(source, raw: dict[str, Any], index: int, row_id: str | None, columns: ColumnMap) -> PreparedRow:
     """Check the row's columns first (cheap), then decode its audio. Raises BadRow."""
     audio_value = required(raw, columns.audio)
-    if audio_value in (None, ""):
+    if audio_value is None or (isinstance(audio_value, str) and not audio_value.strip()):
         raise BadRow(f"empty column '{columns.audio}'")
     if row_id is None:
         raise BadRow(f"empty column '{columns.id}'")
@@ -530,7 +531,7 @@ class WhisperTranscriber:
 
     @torch.inference_mode()
     def _transcribe_batch(self, waveforms: list[np.ndarray]) -> list[str]:
-        extract = dict(sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True)
+        extract = {"sampling_rate": SAMPLING_RATE, "return_tensors": "pt", "return_attention_mask": True}
         inputs = self.processor(waveforms, truncation=False, padding="longest", **extract)
         if inputs["input_features"].shape[-1] < self.FRAMES_PER_WINDOW:  # all short: the usual padded 30 s window
             inputs = self.processor(waveforms, **extract)
