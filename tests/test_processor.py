@@ -1,0 +1,154 @@
+"""DestaProcessor: expansion of audio into placeholders + transcript, audio decoding, bad input."""
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import torch
+from transformers import WhisperFeatureExtractor
+
+from processing import AudioDecodeError, DestaProcessor, load_audio
+
+
+def _user(content):
+    return [{"role": "user", "content": content}]
+
+
+def test_audio_expands_to_markers_placeholders_and_transcript(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    tokenizer = processor.tokenizer
+    conversation = _user(
+        [{"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": " hello world "}, {"type": "text", "text": "What?"}]
+    )
+    ids = processor.apply_chat_template(conversation)["input_ids"][0].tolist()
+    rendered = processor.apply_chat_template(conversation, tokenize=False)
+    before, after = rendered.split(processor.audio_token)
+    expected = (
+        tokenizer(before + "<start_audio>", add_special_tokens=False).input_ids
+        + [processor.audio_token_id] * processor.num_audio_queries
+        + tokenizer("hello world", add_special_tokens=False).input_ids
+        + tokenizer("<end_audio>" + after, add_special_tokens=False).input_ids
+    )
+    assert ids == expected
+    assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_long_audio_gets_one_block_of_queries_per_window(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    inputs = processor.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]))
+    assert inputs["input_features"].shape == (2, 80, 3000)
+    assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == 2 * processor.num_audio_queries
+    # The second window holds the last 15 s of the clip, not padding only: nothing is cut.
+    second_window = load_audio(audio_dir / "long_45s.wav")[480000:]
+    expected = processor.feature_extractor(second_window, sampling_rate=16000, return_tensors="pt").input_features[0]
+    torch.testing.assert_close(inputs["input_features"][1], expected)
+
+
+def test_audio_over_the_maximum_raises(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    strict = DestaProcessor(processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, max_audio_seconds=40)
+    with pytest.raises(ValueError, match=r"lasts 45.0 s, over max_audio_seconds=40"):
+        strict.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]))
+
+
+def test_transcript_cap(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    capped = DestaProcessor(
+        processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, num_audio_queries=8, max_transcript_tokens=3
+    )
+    transcript = "one two three four five six seven eight nine ten"
+    conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": transcript}])
+    full = processor.apply_chat_template(conversation)["input_ids"].shape[1]
+    short = capped.apply_chat_template(conversation)["input_ids"].shape[1]
+    assert full - short == len(processor.tokenizer(transcript, add_special_tokens=False).input_ids) - 3
+
+
+def test_reference_message_format_matches_list_format(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    path = str(audio_dir / "hello.wav")
+    reference = [{"role": "user", "content": "<|AUDIO|>\n\nWhat is said?", "audios": [{"audio": path, "text": "hello world"}]}]
+    ours = _user([{"type": "audio", "path": path, "transcript": "hello world"}, {"type": "text", "text": "What is said?"}])
+    a, b = processor.apply_chat_template(reference), processor.apply_chat_template(ours)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["input_features"], b["input_features"])
+
+
+def test_audio_sources_are_equivalent(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    path = audio_dir / "hello.wav"
+    array, rate = soundfile.read(path, dtype="float32")
+    sources = [
+        {"type": "audio", "path": str(path)},
+        {"type": "audio", "audio": path.read_bytes()},
+        {"type": "audio", "array": array, "sampling_rate": rate},
+    ]
+    features = [processor.apply_chat_template(_user([s]))["input_features"] for s in sources]
+    for other in features[1:]:
+        torch.testing.assert_close(features[0], other, rtol=0, atol=1e-4)
+
+
+def test_stereo_and_8khz_are_converted_not_rejected(audio_dir):
+    stereo, rate = soundfile.read(audio_dir / "stereo_44k.wav", dtype="float32", always_2d=True)
+    assert stereo.shape[1] == 2 and rate == 44100
+    expected = soxr.resample(stereo.mean(axis=1), 44100, 16000)
+    decoded = load_audio(audio_dir / "stereo_44k.wav")
+    assert abs(len(decoded) - len(expected)) <= 2
+    n = min(len(decoded), len(expected))
+    assert np.corrcoef(decoded[:n], expected[:n])[0, 1] > 0.99
+    assert abs(len(decoded) - 1.5 * 16000) <= 2
+
+    low, low_rate = soundfile.read(audio_dir / "speech_8k.wav", dtype="float32")
+    assert low_rate == 8000
+    decoded_low = load_audio(audio_dir / "speech_8k.wav")
+    assert abs(len(decoded_low) - 2 * len(low)) <= 2
+    assert load_audio({"array": np.stack([low, low]), "sampling_rate": 8000}).shape == decoded_low.shape
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "message"),
+    [
+        ("missing.wav", FileNotFoundError, "audio file not found: .*missing.wav"),
+        ("corrupt.wav", AudioDecodeError, "could not decode audio from .*corrupt.wav"),
+        ("empty.wav", AudioDecodeError, "empty file"),
+        ("zero_length.wav", AudioDecodeError, "empty clip"),
+    ],
+)
+def test_bad_audio_files_raise_clear_errors(tiny_parts, audio_dir, name, error, message):
+    _, processor = tiny_parts
+    with pytest.raises(error, match=message):
+        processor.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / name)}]))
+
+
+def test_audio_count_must_match_placeholders(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    text = f"listen {processor.audio_token} and {processor.audio_token}"
+    with pytest.raises(ValueError, match="holds 2 audio placeholders .* but 1 audio clips"):
+        processor(text=text, audio=[str(audio_dir / "tone.wav")])
+    reference = [{"role": "user", "content": "<|AUDIO|> <|AUDIO|>", "audios": [{"audio": "x.wav"}]}]
+    with pytest.raises(ValueError, match="marks 2 audios .* lists 1"):
+        processor.apply_chat_template(reference)
+    with pytest.raises(ValueError, match="needs one of"):
+        processor.apply_chat_template(_user([{"type": "audio"}]))
+
+
+def test_text_only_call_is_plain_tokenization(tiny_parts):
+    _, processor = tiny_parts
+    texts = ["Hello world", "A longer sentence about a cat and a dog"]
+    ours = processor(text=texts)
+    theirs = processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert "input_features" not in ours
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_parts):
+    from transformers import AutoProcessor
+
+    _, processor = tiny_parts
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(loaded).__name__ == "DestaProcessor"
+    assert isinstance(loaded.feature_extractor, WhisperFeatureExtractor)
+    for attribute in ("audio_token", "num_audio_queries", "audio_start_text", "audio_end_text", "max_audio_seconds"):
+        assert getattr(loaded, attribute) == getattr(processor, attribute)
+    assert loaded.chat_template == processor.chat_template
+    assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()

@@ -1,0 +1,95 @@
+"""Save -> load round trips, in-process and through remote code in a process that cannot import the project."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from modeling_desta import DestaForConditionalGeneration
+
+# Blocks the project's own packages so that only the remote code copied into the saved folder can serve.
+BLOCK_PROJECT_IMPORTS = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _BlockProject(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_desta", "processing"):
+                raise ImportError(f"the project package {name} must not be importable here")
+            return None
+    sys.meta_path.insert(0, _BlockProject())
+    """
+)
+
+
+def run_isolated(script: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` with `python -I` (no PYTHONPATH, no user site) in `cwd`, the project blocked."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", BLOCK_PROJECT_IMPORTS + textwrap.dedent(script)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _inputs(processor, audio_dir):
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": "hello"}, {"type": "text", "text": "What?"}]}
+    ]
+    return processor.apply_chat_template(conversation)
+
+
+def test_save_load_gives_identical_logits(saved_model_dir, tiny_parts, audio_dir):
+    model, processor = tiny_parts
+    loaded = DestaForConditionalGeneration.from_pretrained(saved_model_dir).eval()
+    inputs = _inputs(processor, audio_dir)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_saved_folder_is_self_contained(saved_model_dir):
+    config = json.loads((saved_model_dir / "config.json").read_text())
+    for auto_class in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMultimodalLM"):
+        assert auto_class in config["auto_map"], auto_class
+    processor_config = json.loads((saved_model_dir / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_desta.DestaProcessor"
+    for name in ("configuration_desta.py", "modeling_desta.py", "processing_desta.py", "audio_io.py"):
+        assert (saved_model_dir / name).exists(), name
+
+
+def test_remote_code_loads_in_clean_process(saved_model_dir, tiny_parts, audio_dir, tmp_path):
+    model, processor = tiny_parts
+    inputs = _inputs(processor, audio_dir)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    torch.save(expected, tmp_path / "expected.pt")
+    script = f"""
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
+        folder = {str(saved_model_dir)!r}
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        conversation = [{{"role": "user", "content": [{{"type": "audio", "path": {str(audio_dir / "hello.wav")!r}, "transcript": "hello"}}, {{"type": "text", "text": "What?"}}]}}]
+        inputs = processor.apply_chat_template(conversation)
+        expected = torch.load("expected.pt")
+        for auto_class in (AutoModel, AutoModelForCausalLM):
+            model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            assert torch.equal(logits, expected), (logits - expected).abs().max()
+            generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+        print("REMOTE_OK", type(processor).__name__)
+    """
+    result = run_isolated(script, cwd=tmp_path)
+    assert "REMOTE_OK DestaProcessor" in result.stdout
