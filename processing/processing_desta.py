@@ -38,6 +38,8 @@ class DestaProcessor(ProcessorMixin):
             with 100); `None` keeps whole transcripts.
         max_audio_seconds (`float`): longest clip accepted; longer ones raise instead of being cut.
         chat_template (`str`, *optional*): defaults to the tokenizer's.
+        default_system_prompt (`str`, *optional*): system message put first in chats that have none (checkpoints
+            converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class DestaProcessor(ProcessorMixin):
         max_transcript_tokens: int | None = None,
         max_audio_seconds: float = 600.0,
         chat_template: str | None = None,
+        default_system_prompt: str | None = None,
     ):
         self.audio_token = audio_token
         self.num_audio_queries = num_audio_queries
@@ -58,6 +61,7 @@ class DestaProcessor(ProcessorMixin):
         self.audio_end_text = audio_end_text
         self.max_transcript_tokens = max_transcript_tokens
         self.max_audio_seconds = max_audio_seconds
+        self.default_system_prompt = default_system_prompt
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
@@ -227,6 +231,8 @@ class DestaProcessor(ProcessorMixin):
                 text, items = self._render_items(message["content"])
             messages.append({"role": message["role"], "content": text})
             audio_items.extend(items)
+        if self.default_system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages.insert(0, {"role": "system", "content": self.default_system_prompt})
         text = self.tokenizer.apply_chat_template(
             messages,
             chat_template=self.chat_template,
