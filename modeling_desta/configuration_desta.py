@@ -12,6 +12,17 @@ REFERENCE_AUDIO_LAYER_IDS = {
     "large": [7, 15, 23, 31],
 }
 
+# The one-line `pipeline("audio-text-to-text", model=..., trust_remote_code=True)`: its code travels with the
+# processor (processing_desta.py imports pipeline_desta.py, so saving the processor copies both).
+CUSTOM_PIPELINES = {
+    "audio-text-to-text": {
+        "impl": "pipeline_desta.DestaAudioTextToTextPipeline",
+        "pt": ["AutoModelForCausalLM"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
+
 AUTO_MAP = {
     "AutoConfig": "configuration_desta.DestaConfig",
     "AutoModel": "modeling_desta.DestaForConditionalGeneration",
@@ -50,6 +61,8 @@ class DestaConfig(PreTrainedConfig):
         projector_layer_norm_eps (`float`, defaults to 1e-5): the layer norm before the LLM projection.
         audio_token_id (`int`): id of the placeholder token replaced by connector outputs.
         audio_start_text / audio_end_text (`str`): plain-text markers around each audio span.
+        asr_generation_config (`dict`, *optional*): Whisper's own generation config (task tokens, no-speech
+            token, suppressed tokens), kept so the saved checkpoint can transcribe like the source Whisper.
     """
 
     model_type = "desta"
@@ -105,6 +118,8 @@ class DestaConfig(PreTrainedConfig):
     audio_start_text: str = "<start_audio>"
     audio_end_text: str = "<end_audio>"
     tie_word_embeddings: bool = False
+    custom_pipelines: dict | None = None
+    asr_generation_config: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -121,7 +136,9 @@ class DestaConfig(PreTrainedConfig):
                 f"hidden size d_model={self.audio_config.d_model}."
             )
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
-        self.auto_map = {**AUTO_MAP, **(self.auto_map or {})} if hasattr(self, "auto_map") else dict(AUTO_MAP)
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        if self.custom_pipelines is None:
+            self.custom_pipelines = CUSTOM_PIPELINES
 
     def _validate_audio_layer_ids(self, num_encoder_layers: int) -> None:
         ids = self.audio_layer_ids

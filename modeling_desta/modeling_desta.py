@@ -19,6 +19,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
     WhisperForConditionalGeneration,
@@ -184,6 +185,8 @@ class DestaModel(DestaPreTrainedModel):
     def __init__(self, config: DestaConfig):
         super().__init__(config)
         self.audio_tower = WhisperForConditionalGeneration(config.audio_config)
+        if config.asr_generation_config:
+            self.audio_tower.generation_config = GenerationConfig.from_dict(config.asr_generation_config)
         self.connector = DestaConnector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
@@ -404,6 +407,26 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         )
         return whisper.generate(input_features=placeholder_features, encoder_outputs=encoder_outputs, **generate_kwargs)
 
+    @torch.no_grad()
+    def no_speech_probability(self, encoder_last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """Whisper's probability that each window holds no speech (one decoder step at start-of-transcript).
+
+        The same signal OpenAI's Whisper uses to blank silent segments; it needs no extra model or network.
+        """
+        whisper = self.model.audio_tower
+        generation_config = whisper.generation_config
+        no_speech_token = generation_config.no_timestamps_token_id - 1
+        start = torch.full(
+            (encoder_last_hidden_state.shape[0], 1),
+            generation_config.decoder_start_token_id,
+            dtype=torch.long,
+            device=encoder_last_hidden_state.device,
+        )
+        logits = whisper(
+            encoder_outputs=(encoder_last_hidden_state,), decoder_input_ids=start, use_cache=False
+        ).logits
+        return logits[:, 0].float().softmax(dim=-1)[:, no_speech_token]
+
     @classmethod
     def from_components(
         cls,
@@ -432,6 +455,7 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
             audio_config=whisper_model.config.to_dict(),
             text_config=llm_model.config.to_dict(),
             audio_token_id=audio_token_id,
+            asr_generation_config=_generation_config_dict(whisper_model.generation_config),
             **config_overrides,
         )
         model = cls(config).to(llm_model.dtype)
@@ -439,9 +463,14 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         model.model.language_model.load_state_dict(llm_model.get_decoder().state_dict())
         model.lm_head.load_state_dict(llm_model.get_output_embeddings().state_dict())
         model.generation_config = llm_model.generation_config
-        model.model.audio_tower.generation_config = whisper_model.generation_config
         model.tie_weights()
         return model
+
+
+def _generation_config_dict(generation_config: GenerationConfig) -> dict:
+    config = generation_config.to_diff_dict()
+    config.pop("transformers_version", None)
+    return config
 
 
 def _register_auto_classes() -> None:

@@ -1,6 +1,15 @@
 """Processor, audio I/O and the inference pipeline of desta-audio."""
 
 from .audio_io import AudioDecodeError, load_audio
+from .pipeline_desta import DestaAudioTextToTextPipeline, register_pipeline
 from .processing_desta import DEFAULT_SYSTEM_PROMPT, DestaProcessor
 
-__all__ = ["AudioDecodeError", "DEFAULT_SYSTEM_PROMPT", "DestaProcessor", "load_audio"]
+register_pipeline()
+
+__all__ = [
+    "AudioDecodeError",
+    "DEFAULT_SYSTEM_PROMPT",
+    "DestaAudioTextToTextPipeline",
+    "DestaProcessor",
+    "load_audio",
+]

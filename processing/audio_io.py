@@ -11,6 +11,7 @@ import urllib.request
 import numpy as np
 
 TARGET_SAMPLING_RATE = 16000
+AUDIO_SOURCE_KEYS = ("path", "audio", "url", "array")
 
 
 class AudioDecodeError(ValueError):
@@ -125,3 +126,14 @@ def _decode_with_soundfile(data: bytes, sampling_rate: int) -> np.ndarray:
 
     waveform, orig_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     return resample(waveform.mean(axis=1).astype(np.float32), orig_rate, sampling_rate)
+
+
+def audio_source(item: dict):
+    """The audio payload of an audio item: a path/URL/bytes/array, or an `{"array", "sampling_rate"}` dict."""
+    if item.get("array") is not None:
+        rate = item.get("sampling_rate", TARGET_SAMPLING_RATE)
+        return {"array": item["array"], "sampling_rate": rate}
+    for key in ("path", "audio", "url"):
+        if item.get(key) is not None:
+            return item[key]
+    raise ValueError(f"An audio item needs one of {AUDIO_SOURCE_KEYS}; got keys {sorted(item)}.")

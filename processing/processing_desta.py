@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
-from .audio_io import TARGET_SAMPLING_RATE, load_audio
+from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
+# Imported so that saving the processor also copies the pipeline's code next to it (remote code).
+from .pipeline_desta import DestaAudioTextToTextPipeline  # noqa: F401
 
 # The reference's placeholder for Llama-3 tokenizers: an existing reserved token, so no embedding grows.
 LLAMA3_AUDIO_TOKEN = "<|reserved_special_token_87|>"
@@ -20,8 +22,8 @@ LLAMA3_AUDIO_TOKEN = "<|reserved_special_token_87|>"
 REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
 DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
 DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
-AUDIO_SOURCE_KEYS = ("path", "audio", "url", "array")
 CONTENT_JOINER = "\n\n"
+ASR_TOKENIZER_FOLDER = "asr_tokenizer"
 
 
 class DestaProcessor(ProcessorMixin):
@@ -65,6 +67,9 @@ class DestaProcessor(ProcessorMixin):
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        # Whisper's own tokenizer, to read transcripts; not a ProcessorMixin attribute so that a folder
+        # without one (e.g. a model meant to get transcripts from its data) still saves and loads.
+        self.asr_tokenizer = None
         if self.audio_token_id in (None, tokenizer.unk_token_id):
             raise ValueError(f"The tokenizer does not know the audio token {audio_token!r}; add it as a special token.")
 
@@ -87,7 +92,22 @@ class DestaProcessor(ProcessorMixin):
             tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
+        processor = cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
+        processor.asr_tokenizer = _load_optional_tokenizer(whisper)
+        return processor
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DestaProcessor":
+        """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor.asr_tokenizer = _load_optional_tokenizer(pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs)
+        return processor
+
+    def save_pretrained(self, save_directory, **kwargs):
+        saved = super().save_pretrained(save_directory, **kwargs)
+        if getattr(self, "asr_tokenizer", None) is not None:
+            self.asr_tokenizer.save_pretrained(os.path.join(save_directory, ASR_TOKENIZER_FOLDER))
+        return saved
 
     @property
     def audio_token_id(self) -> int | None:
@@ -173,23 +193,37 @@ class DestaProcessor(ProcessorMixin):
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
         self._check_audio_count(texts, audios, transcripts)
+        features, window_counts = self.extract_features([self.load_audio(a) for a in audios]) if audios else (None, [])
+        encoded = self.encode_text(
+            texts, window_counts, transcripts, padding, padding_side, add_special_tokens, return_tensors, **kwargs
+        )
+        if features is not None:
+            encoded["input_features"] = features
+        return encoded
 
+    def encode_text(
+        self,
+        texts: list[str],
+        window_counts: list[int],
+        transcripts: list[str | None],
+        padding: bool | str = True,
+        padding_side: str = "left",
+        add_special_tokens: bool = False,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Token ids for `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i."""
         marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
         encoded = self.tokenizer(
             [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
         )
-        data = {"input_ids": encoded["input_ids"]}
-        if audios:
-            features, window_counts = self.extract_features([self.load_audio(a) for a in audios])
-            data["input_ids"] = self._expand_batch(data["input_ids"], window_counts, transcripts)
-            audio_features = features
+        input_ids = self._expand_batch(encoded["input_ids"], window_counts, transcripts)
         padded = self.tokenizer.pad(
-            {"input_ids": data["input_ids"]}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
+            {"input_ids": input_ids}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
         )
-        result = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
-        if audios:
-            result["input_features"] = audio_features
-        return BatchFeature(result, tensor_type=return_tensors)
+        return BatchFeature(
+            {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}, tensor_type=return_tensors
+        )
 
     def _expand_batch(self, batch_ids, window_counts, transcripts) -> list[list[int]]:
         expanded, offset = [], 0
@@ -275,17 +309,22 @@ class DestaProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         padding: bool | str = True,
         padding_side: str = "left",
-        **kwargs,
+        return_dict: bool = True,
+        processor_kwargs: dict | None = None,
+        **template_kwargs,
     ):
         """Render one conversation or a batch of them and, with `tokenize=True`, encode text and audio.
 
         Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`.
+        Extra keyword arguments (e.g. `continue_final_message`) go to the chat template. The result is always
+        a dict-like `BatchFeature`; `return_dict` exists for the `any-to-any` pipeline's calling convention.
         """
-        conversations = [conversation] if _is_single_conversation(conversation) else list(conversation)
-        rendered = [self.render_conversation(c, add_generation_prompt=add_generation_prompt, **kwargs) for c in conversations]
+        single = _is_single_conversation(conversation)
+        conversations = [conversation] if single else list(conversation)
+        rendered = [self.render_conversation(c, add_generation_prompt, **template_kwargs) for c in conversations]
         texts = [text for text, _ in rendered]
         if not tokenize:
-            return texts[0] if _is_single_conversation(conversation) else texts
+            return texts[0] if single else texts
         items = [item for _, row_items in rendered for item in row_items]
         return self(
             text=texts,
@@ -295,6 +334,7 @@ class DestaProcessor(ProcessorMixin):
             padding_side=padding_side,
             add_special_tokens=False,
             return_tensors=return_tensors,
+            **(processor_kwargs or {}),
         )
 
     def batch_decode(self, *args, **kwargs):
@@ -304,21 +344,19 @@ class DestaProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
+def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
+    """Whisper's tokenizer from `path` (or its `subfolder`), or None where there is none."""
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
+    try:
+        return AutoTokenizer.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _is_single_conversation(conversation) -> bool:
     return bool(conversation) and isinstance(conversation[0], dict)
 
 
-def audio_source(item: dict):
-    """The audio payload of an audio item: a path/URL/bytes/array, or an `{"array", "sampling_rate"}` dict."""
-    if item.get("array") is not None:
-        rate = item.get("sampling_rate", TARGET_SAMPLING_RATE)
-        return {"array": item["array"], "sampling_rate": rate}
-    for key in ("path", "audio", "url"):
-        if item.get(key) is not None:
-            return item[key]
-    raise ValueError(f"An audio item needs one of {AUDIO_SOURCE_KEYS}; got keys {sorted(item)}.")
-
-
 DestaProcessor.register_for_auto_class()
 
-__all__ = ["DestaProcessor", "DEFAULT_SYSTEM_PROMPT", "audio_source"]
+__all__ = ["AUDIO_SOURCE_KEYS", "DestaProcessor", "DEFAULT_SYSTEM_PROMPT", "audio_source"]

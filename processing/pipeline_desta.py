@@ -1,0 +1,209 @@
+"""The `audio-text-to-text` pipeline: audio + a question (or whole chats) in, an answer and transcripts out.
+
+Per batch the Whisper encoder runs once over every 30 s window of every clip. That single pass feeds the
+connector and, for clips that came without a transcript, Whisper's decoder (speech recognition) as well;
+windows Whisper judges speech-free get an empty transcript instead of a hallucinated one.
+"""
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, Pipeline
+
+from .audio_io import audio_source
+
+SYSTEM_PROMPT = "Focus on the audio clips and instructions."
+DEFAULT_NO_SPEECH_THRESHOLD = 0.6
+DEFAULT_LOGPROB_THRESHOLD = -1.0
+SILENCE_RMS = 1e-4
+TASK = "audio-text-to-text"
+PIPELINE_SPEC = {"impl": "pipeline_desta.DestaAudioTextToTextPipeline", "pt": ["AutoModelForCausalLM"], "type": "multimodal"}
+
+
+class DestaAudioTextToTextPipeline(Pipeline):
+    """
+    ```python
+    pipe = pipeline("audio-text-to-text", model="path/or/repo", trust_remote_code=True)
+    pipe("clip.wav", prompt="What is said?")
+    pipe([conversation_a, conversation_b], batch_size=2, max_new_tokens=64)
+    ```
+    Inputs: a path, URL, bytes, 16 kHz numpy array or `{"array", "sampling_rate"}` dict (with `prompt=`), or a
+    chat whose content holds `{"type": "audio", ...}` items (each with an optional `"transcript"`); a list of
+    them is batched. Output per input: `{"generated_text": str, "transcripts": [str per audio]}`.
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _pipeline_calls_generate = True
+    _default_generation_config = GenerationConfig(max_new_tokens=256, do_sample=False)
+
+    def _sanitize_parameters(
+        self,
+        prompt=None,
+        system_prompt=None,
+        no_speech_threshold=DEFAULT_NO_SPEECH_THRESHOLD,
+        logprob_threshold=DEFAULT_LOGPROB_THRESHOLD,
+        generate_kwargs=None,
+        **kwargs,
+    ):
+        preprocess_params = {}
+        if prompt is not None:
+            preprocess_params["prompt"] = prompt
+        if system_prompt is not None:
+            preprocess_params["system_prompt"] = system_prompt
+        forward_params = {
+            "generate_kwargs": {**(generate_kwargs or {}), **kwargs},
+            "asr_thresholds": (no_speech_threshold, logprob_threshold),
+        }
+        return preprocess_params, forward_params, {}
+
+    def __call__(self, inputs, batch_size: int | None = None, **kwargs):
+        single = not isinstance(inputs, (list, tuple)) or _is_conversation(inputs)
+        items = [inputs] if single else list(inputs)
+        batch_size = batch_size or self._batch_size or 1
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
+        preprocess_params = {**self._preprocess_params, **preprocess_params}
+        forward_params = _merge_forward_params(self._forward_params, forward_params)
+        results = []
+        for start in range(0, len(items), batch_size):
+            prepared = [self.preprocess(item, **preprocess_params) for item in items[start : start + batch_size]]
+            outputs = self.forward(prepared, **forward_params)
+            results.extend(self.postprocess(output, **postprocess_params) for output in outputs)
+        return results[0] if single else results
+
+    def preprocess(self, inputs, prompt: str | None = None, system_prompt: str | None = None) -> dict:
+        conversation = inputs if _is_conversation(inputs) else _conversation_from_audio(inputs, prompt, system_prompt)
+        text, audio_items = self.processor.render_conversation(conversation, add_generation_prompt=True)
+        return {
+            "text": text,
+            "waveforms": [self.processor.load_audio(audio_source(item)) for item in audio_items],
+            "transcripts": [item.get("transcript") for item in audio_items],
+        }
+
+    def _forward(self, batch: list[dict], generate_kwargs=None, asr_thresholds=(DEFAULT_NO_SPEECH_THRESHOLD, DEFAULT_LOGPROB_THRESHOLD)) -> list[dict]:
+        waveforms = [waveform for item in batch for waveform in item["waveforms"]]
+        transcripts = [transcript for item in batch for transcript in item["transcripts"]]
+        audio_embeds, window_counts = None, []
+        if waveforms:
+            features, window_counts = self.processor.extract_features(waveforms)
+            features = features.to(self.device, self.model.dtype)
+            needs_asr = [transcript is None for transcript in transcripts]
+            audio = self.model.get_audio_features(features, output_last_hidden_state=any(needs_asr))
+            audio_embeds = audio.pooler_output
+            if any(needs_asr):
+                transcripts = self._fill_transcripts(
+                    transcripts, waveforms, window_counts, audio.last_hidden_state, asr_thresholds
+                )
+        encoded = self.processor.encode_text([item["text"] for item in batch], window_counts, transcripts)
+        encoded = {key: value.to(self.device) for key, value in encoded.items()}
+        generated = self.model.generate(**encoded, audio_embeds=audio_embeds, **self._prepare_generate_kwargs(generate_kwargs or {}))
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        outputs, offset = [], 0
+        for row, item in enumerate(batch):
+            count = len(item["waveforms"])
+            outputs.append({"generated_ids": new_tokens[row], "transcripts": transcripts[offset : offset + count]})
+            offset += count
+        return outputs
+
+    def _fill_transcripts(self, transcripts, waveforms, window_counts, encoder_states, asr_thresholds) -> list[str]:
+        """Transcribe, from the encoder states already computed, every clip that came without a transcript."""
+        clip_of_window = np.repeat(np.arange(len(waveforms)), window_counts)
+        windows = [w for w, clip in enumerate(clip_of_window) if transcripts[clip] is None]
+        audible = [w for w in windows if not self._window_is_silent(waveforms, window_counts, w)]
+        window_text = dict.fromkeys(windows, "")
+        if audible:
+            window_text.update(zip(audible, self._transcribe_windows(encoder_states[audible], *asr_thresholds)))
+        filled = list(transcripts)
+        for clip in range(len(waveforms)):
+            if filled[clip] is None:
+                parts = [window_text[w] for w, c in enumerate(clip_of_window) if c == clip]
+                filled[clip] = " ".join(part for part in parts if part)
+        return filled
+
+    def _transcribe_windows(self, states: torch.Tensor, no_speech_threshold: float, logprob_threshold: float | None) -> list[str]:
+        """Whisper's greedy text per window, blanked where Whisper itself says there is no speech.
+
+        A window is blanked when its no-speech probability exceeds `no_speech_threshold`, or when the decoded
+        text's mean token log-probability is under `logprob_threshold` (OpenAI's defaults: 0.6 and -1.0);
+        tones and noise otherwise come out as hallucinated words such as "You" or "Beeping".
+        """
+        asr_tokenizer = getattr(self.processor, "asr_tokenizer", None)
+        if asr_tokenizer is None:
+            raise ValueError(
+                "This checkpoint has no Whisper tokenizer (asr_tokenizer/), so it cannot transcribe; give every "
+                "audio item a 'transcript' (an empty string for none)."
+            )
+        no_speech = self.model.no_speech_probability(states)
+        output = self.model.transcribe(
+            encoder_last_hidden_state=states,
+            max_new_tokens=self.model.config.audio_config.max_target_positions // 2,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        whisper = self.model.model.audio_tower
+        scores = whisper.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
+        generated = output.sequences[:, -scores.shape[1] :]
+        counted = generated != whisper.generation_config.pad_token_id
+        mean_logprob = (scores * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
+        texts = asr_tokenizer.batch_decode(output.sequences, skip_special_tokens=True)
+        return [
+            ""
+            if probability > no_speech_threshold or (logprob_threshold is not None and logprob < logprob_threshold)
+            else text.strip()
+            for text, probability, logprob in zip(texts, no_speech.tolist(), mean_logprob.tolist())
+        ]
+
+    def _window_is_silent(self, waveforms, window_counts, window: int) -> bool:
+        clip = int(np.searchsorted(np.cumsum(window_counts), window, side="right"))
+        index_in_clip = window - sum(window_counts[:clip])
+        size = self.processor.window_samples
+        samples = waveforms[clip][index_in_clip * size : (index_in_clip + 1) * size]
+        return float(np.sqrt(np.mean(np.square(samples)))) < SILENCE_RMS
+
+    def postprocess(self, output: dict) -> dict:
+        text = self.processor.tokenizer.decode(output["generated_ids"], skip_special_tokens=True)
+        return {"generated_text": text.strip(), "transcripts": output["transcripts"]}
+
+
+def _merge_forward_params(defaults: dict, call: dict) -> dict:
+    merged = {**defaults, **call}
+    merged["generate_kwargs"] = {**defaults.get("generate_kwargs", {}), **call.get("generate_kwargs", {})}
+    return merged
+
+
+def _is_conversation(inputs) -> bool:
+    return isinstance(inputs, (list, tuple)) and bool(inputs) and isinstance(inputs[0], dict) and "role" in inputs[0]
+
+
+def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | None) -> list[dict]:
+    """The shorthand `pipe(audio, prompt=...)` as a chat: system prompt, then the audio and the question."""
+    if isinstance(audio, dict) and "raw" in audio:
+        audio = {"array": audio["raw"], "sampling_rate": audio.get("sampling_rate", 16000)}
+    if isinstance(audio, dict) and "array" in audio:
+        item = {"type": "audio", "array": audio["array"], "sampling_rate": audio.get("sampling_rate", 16000)}
+    elif isinstance(audio, (np.ndarray, torch.Tensor)):
+        item = {"type": "audio", "array": audio, "sampling_rate": 16000}
+    elif isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
+        item = {"type": "audio", "path": audio}
+    else:
+        raise ValueError(
+            f"Cannot read {type(audio).__name__} as audio: pass a path, URL, bytes, a 16 kHz array, "
+            "an {'array', 'sampling_rate'} dict, or a chat with audio items."
+        )
+    content = [item] + ([{"type": "text", "text": prompt}] if prompt else [])
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt or SYSTEM_PROMPT}]},
+        {"role": "user", "content": content},
+    ]
+
+
+def register_pipeline() -> None:
+    """Make `pipeline("audio-text-to-text", model=<DestaForConditionalGeneration>)` work for pip users."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK, pipeline_class=DestaAudioTextToTextPipeline, pt_model=AutoModelForCausalLM, type="multimodal"
+    )
