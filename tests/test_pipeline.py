@@ -1,0 +1,261 @@
+"""The audio-text-to-text pipeline with the real Whisper tiny.en: ASR on the shared encoder pass, silence,
+long audio, batching, streaming, the any-to-any pipeline, remote-code loading and the CLI."""
+
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from isolation import run_isolated
+from transformers import TextIteratorStreamer, pipeline
+
+from modeling_desta import DestaForConditionalGeneration
+from processing import DestaAudioTextToTextPipeline, DestaProcessor, load_audio
+
+SPOKEN = "please open the door"
+
+
+@pytest.fixture(scope="module")
+def asr_model_dir(tmp_path_factory, llm_dir, real_whisper_dir):
+    """A tiny-LLM DeSTA model whose audio tower is the real Whisper tiny.en, saved with its processor."""
+    processor = DestaProcessor.from_components(llm_dir, real_whisper_dir, num_audio_queries=8)
+    assert processor.asr_tokenizer is not None
+    model = DestaForConditionalGeneration.from_components(
+        llm_dir,
+        real_whisper_dir,
+        audio_token_id=processor.audio_token_id,
+        vocab_size=len(processor.tokenizer),
+        num_audio_queries=8,
+        qformer_num_hidden_layers=1,
+        qformer_intermediate_size=64,
+    )
+    path = tmp_path_factory.mktemp("asr_model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(asr_model_dir):
+    return pipeline("audio-text-to-text", model=str(asr_model_dir), trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory, audio_dir):
+    import tiny_assets
+
+    path = tmp_path_factory.mktemp("pipeline_audio")
+    tiny_assets.speak(path / "door.wav", SPOKEN)
+    tiny_assets.speak(path / "morning.wav", "good morning everyone")
+    return {"door": path / "door.wav", "morning": path / "morning.wav", **{p.stem: p for p in audio_dir.iterdir()}}
+
+
+class Recorder:
+    """Counts Whisper encoder passes (conv1 calls) and windows, and the audio placeholders given to generate."""
+
+    def __init__(self, pipe):
+        self.encoder_calls, self.encoder_windows, self.final_layer_calls, self.placeholders = 0, 0, 0, []
+        encoder = pipe.model.model.audio_tower.get_encoder()
+        self.handles = [
+            encoder.conv1.register_forward_hook(self._on_encoder),
+            encoder.layer_norm.register_forward_hook(self._on_final_layer),
+        ]
+        self.pipe, self.original_generate = pipe, pipe.model.generate
+        pipe.model.generate = self._generate
+
+    def _on_encoder(self, module, args, output):
+        self.encoder_calls += 1
+        self.encoder_windows += args[0].shape[0]
+
+    def _on_final_layer(self, *_):
+        self.final_layer_calls += 1
+
+    def _generate(self, **kwargs):
+        self.placeholders.append((kwargs["input_ids"] == self.pipe.model.config.audio_token_id).sum(dim=1).tolist())
+        return self.original_generate(**kwargs)
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+        self.pipe.model.generate = self.original_generate
+
+
+@pytest.fixture()
+def recorder(pipe):
+    recorder = Recorder(pipe)
+    yield recorder
+    recorder.close()
+
+
+def test_pipeline_class_comes_from_remote_code(pipe):
+    assert type(pipe).__name__ == "DestaAudioTextToTextPipeline"
+    assert type(pipe).__module__.startswith("transformers_modules")
+
+
+def test_speech_is_transcribed_on_the_connector_encoder_pass(pipe, clips, recorder):
+    result = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=3)
+    assert SPOKEN in result["transcripts"][0].lower()
+    assert isinstance(result["generated_text"], str)
+    assert recorder.encoder_calls == 1 and recorder.encoder_windows == 1
+    assert recorder.final_layer_calls == 1  # one full pass served both the connector and ASR
+
+
+def test_tone_and_silence_get_empty_transcripts(pipe, clips):
+    results = pipe([str(clips["tone"]), str(clips["silence"]), str(clips["noise"])], prompt="What?", max_new_tokens=2, batch_size=3)
+    assert [r["transcripts"] for r in results] == [[""], [""], [""]]
+
+
+def test_user_transcript_skips_asr(pipe, clips, recorder):
+    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(clips["door"]), "transcript": "given text"}]}]
+    result = pipe(conversation, max_new_tokens=2)
+    assert result["transcripts"] == ["given text"]
+    assert recorder.final_layer_calls == 0  # no ASR: the encoder's final norm (what ASR reads) never ran
+
+
+def test_array_input_and_45_second_clip(pipe, clips, recorder):
+    array = load_audio(clips["door"])
+    from_array = pipe(array, prompt="What is said?", max_new_tokens=3)
+    from_dict = pipe({"array": array, "sampling_rate": 16000}, prompt="What is said?", max_new_tokens=3)
+    from_path = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=3)
+    assert from_array == from_dict == from_path
+    long_result = pipe(str(clips["long_45s"]), prompt="Describe.", max_new_tokens=3)
+    assert isinstance(long_result["generated_text"], str)
+    queries = pipe.model.config.num_audio_queries
+    assert recorder.placeholders[-1] == [2 * queries]  # two windows' worth of audio tokens
+
+
+def test_transcript_covers_whole_long_clip(pipe, tmp_path):
+    import tiny_assets
+
+    first, second = tiny_assets.speak(tmp_path / "a.wav", SPOKEN), tiny_assets.speak(tmp_path / "b.wav", "good morning everyone")
+    gap = tiny_assets.sox_silence(tmp_path / "gap.wav", 31.0)
+    joined = tmp_path / "joined.wav"
+    subprocess.run(["sox", str(first), str(gap), str(second), str(joined)], check=True)
+    transcript = pipe(str(joined), prompt="What?", max_new_tokens=2)["transcripts"][0].lower()
+    assert SPOKEN in transcript and "good morning" in transcript
+
+
+def test_batched_pipeline_equals_one_by_one(pipe, clips, recorder):
+    inputs = [str(clips["door"]), str(clips["tone"]), str(clips["morning"])]
+    batched = pipe(inputs, prompt="Describe the audio in detail please.", max_new_tokens=6, batch_size=3)
+    assert recorder.encoder_calls == 1 and recorder.encoder_windows == 3  # one encoder pass per clip
+    single = [pipe(x, prompt="Describe the audio in detail please.", max_new_tokens=6) for x in inputs]
+    assert batched == single
+
+
+def test_multi_audio_multi_turn_and_text_only_chats(pipe, clips, recorder):
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "path": str(clips["door"])}, {"type": "audio", "path": str(clips["tone"])}, {"type": "text", "text": "Compare."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "The first is speech."}]},
+        {"role": "user", "content": [{"type": "audio", "path": str(clips["morning"]), "transcript": "good morning everyone"}, {"type": "text", "text": "And this?"}]},
+    ]
+    result = pipe(conversation, max_new_tokens=3)
+    assert SPOKEN in result["transcripts"][0].lower()
+    assert result["transcripts"][1:] == ["", "good morning everyone"]
+    assert recorder.placeholders[-1] == [3 * pipe.model.config.num_audio_queries]
+    text_only = pipe([{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}], max_new_tokens=3)
+    assert text_only["transcripts"] == []
+    assert recorder.encoder_calls == 1  # only the audio chat touched the encoder
+
+
+def test_audio_over_the_limit_raises_instead_of_cutting(pipe, clips):
+    pipe.processor.max_audio_seconds = 40
+    try:
+        with pytest.raises(ValueError, match="over max_audio_seconds=40"):
+            pipe(str(clips["long_45s"]), prompt="What?", max_new_tokens=2)
+    finally:
+        pipe.processor.max_audio_seconds = 600.0
+
+
+def test_missing_audio_is_a_clear_error(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="audio file not found"):
+        pipe(str(tmp_path / "nope.wav"), prompt="What?")
+
+
+def test_streaming_with_text_iterator_streamer(pipe, clips):
+    model, processor = pipe.model, pipe.processor
+    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(clips["door"]), "transcript": SPOKEN}, {"type": "text", "text": "What?"}]}]
+    inputs = processor.apply_chat_template(conversation)
+    expected = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    expected_text = processor.tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    worker = threading.Thread(target=model.generate, kwargs={**inputs, "max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "streamer": streamer})
+    worker.start()
+    pieces = list(streamer)
+    worker.join()
+    assert "".join(pieces) == expected_text
+    pipe_streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(pipe(conversation, streamer=pipe_streamer, max_new_tokens=8, min_new_tokens=8))
+    )
+    worker.start()
+    streamed = "".join(pipe_streamer)
+    worker.join()
+    assert streamed.strip() == result["generated_text"] == expected_text.strip()
+
+
+def test_pip_users_get_the_pipeline_without_remote_code(asr_model_dir, clips):
+    model = DestaForConditionalGeneration.from_pretrained(asr_model_dir)
+    processor = DestaProcessor.from_pretrained(asr_model_dir)
+    local = pipeline("audio-text-to-text", model=model, processor=processor)
+    assert isinstance(local, DestaAudioTextToTextPipeline)
+    assert SPOKEN in local(str(clips["door"]), prompt="What?", max_new_tokens=2)["transcripts"][0].lower()
+
+
+def test_one_line_pipeline_in_clean_process(asr_model_dir, clips, tmp_path, pipe):
+    expected = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=4)
+    script = f"""
+        from transformers import pipeline
+        pipe = pipeline("audio-text-to-text", model={str(asr_model_dir)!r}, trust_remote_code=True)
+        result = pipe({str(clips["door"])!r}, prompt="What is said?", max_new_tokens=4)
+        assert result == {expected!r}, result
+        any_pipe = pipeline("any-to-any", model={str(asr_model_dir)!r}, trust_remote_code=True)
+        chat = [{{"role": "user", "content": [{{"type": "audio", "path": {str(clips["door"])!r}, "transcript": "hi"}}, {{"type": "text", "text": "What?"}}]}}]
+        out = any_pipe(text=chat, max_new_tokens=3, return_full_text=False)
+        assert isinstance(out[0]["generated_text"], str), out
+        text_only = any_pipe(text=[{{"role": "user", "content": [{{"type": "text", "text": "Hello"}}]}}], max_new_tokens=3)
+        print("PIPELINE_OK")
+    """
+    assert "PIPELINE_OK" in run_isolated(script, cwd=tmp_path).stdout
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "processing.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_answers_streams_and_reports_transcripts(asr_model_dir, clips, pipe):
+    expected = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=4)
+    plain = _cli("chat", str(clips["door"]), "-p", "What is said?", "--model", str(asr_model_dir), "--max-new-tokens", "4", "-v")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == expected["generated_text"] + "\n"
+    assert f"[transcript] {clips['door']}: {expected['transcripts'][0]}" in plain.stderr
+    streamed = _cli("chat", str(clips["door"]), "-p", "What is said?", "--model", str(asr_model_dir), "--max-new-tokens", "4", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.strip() == expected["generated_text"]
+
+
+def test_cli_missing_file_exits_nonzero_with_message(tmp_path):
+    result = _cli("chat", str(tmp_path / "missing.wav"), "-p", "hi", "--model", str(tmp_path))
+    assert result.returncode == 2
+    assert "desta-audio: error: audio file not found" in result.stderr and "missing.wav" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_generation_kwargs_pass_through(pipe, clips, monkeypatch):
+    seen = {}
+    original = pipe.model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(pipe.model, "generate", spy)
+    torch.manual_seed(0)
+    first = pipe(str(clips["door"]), prompt="What?", max_new_tokens=6, do_sample=True, top_k=50)
+    assert (seen["do_sample"], seen["top_k"], seen["max_new_tokens"]) == (True, 50, 6)
+    torch.manual_seed(0)
+    assert pipe(str(clips["door"]), prompt="What?", max_new_tokens=6, do_sample=True, top_k=50) == first
+    pipe(str(clips["door"]), prompt="What?")
+    assert seen.get("do_sample") in (None, False) and seen["max_new_tokens"] == 256  # greedy by default
