@@ -184,6 +184,8 @@ def build_processor(llm_dir: Path, whisper_dir: Path, reference: dict) -> DestaP
         audio_start_text="<start_audio>",
         audio_end_text="<end_audio>",
         default_system_prompt=DEFAULT_SYSTEM_PROMPT,
+        # The reference's data and inference put " " where a clip has no speech: one real token.
+        empty_transcript=" ",
     )
 
 

@@ -42,6 +42,8 @@ class DestaProcessor(ProcessorMixin):
         chat_template (`str`, *optional*): defaults to the tokenizer's.
         default_system_prompt (`str`, *optional*): system message put first in chats that have none (checkpoints
             converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
+        empty_transcript (`str`, defaults to `""`): text standing in for a missing or blank transcript. The
+            release trained with `" "` (one token) for clips without speech; converted checkpoints set that.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class DestaProcessor(ProcessorMixin):
         max_audio_seconds: float = 600.0,
         chat_template: str | None = None,
         default_system_prompt: str | None = None,
+        empty_transcript: str = "",
     ):
         self.audio_token = audio_token
         self.num_audio_queries = num_audio_queries
@@ -64,6 +67,7 @@ class DestaProcessor(ProcessorMixin):
         self.max_transcript_tokens = max_transcript_tokens
         self.max_audio_seconds = max_audio_seconds
         self.default_system_prompt = default_system_prompt
+        self.empty_transcript = empty_transcript
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
@@ -154,9 +158,10 @@ class DestaProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ text
     def _transcript_ids(self, transcript: str | None) -> list[int]:
-        if not transcript or not transcript.strip():
+        text = transcript.strip() if transcript and transcript.strip() else self.empty_transcript
+        if not text:
             return []
-        ids = self.tokenizer(transcript.strip(), add_special_tokens=False).input_ids
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
         return ids[: self.max_transcript_tokens] if self.max_transcript_tokens is not None else ids
 
     def expand_audio_tokens(self, ids: list[int], window_counts: list[int], transcripts: list[str | None]) -> list[int]:

@@ -152,3 +152,17 @@ def test_save_and_load_round_trip(tmp_path, tiny_parts):
         assert getattr(loaded, attribute) == getattr(processor, attribute)
     assert loaded.chat_template == processor.chat_template
     assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_empty_transcript_stand_in(tiny_parts, audio_dir):
+    """Converted release checkpoints put the reference's " " where a clip has no speech."""
+    _, processor = tiny_parts
+    like_release = DestaProcessor(
+        processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, num_audio_queries=8, empty_transcript=" "
+    )
+    conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": ""}])
+    ours = processor.apply_chat_template(conversation)["input_ids"][0].tolist()
+    release = like_release.apply_chat_template(conversation)["input_ids"][0].tolist()
+    space = processor.tokenizer(" ", add_special_tokens=False).input_ids
+    last_placeholder = max(i for i, t in enumerate(ours) if t == processor.audio_token_id)
+    assert release == ours[: last_placeholder + 1] + space + ours[last_placeholder + 1 :]
