@@ -25,6 +25,7 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 from transformers import initialization as init
+from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
@@ -308,6 +309,23 @@ class DestaModel(DestaPreTrainedModel):
             )
 
 
+class SuppressTokensOnce(LogitsProcessor):
+    """Whisper's always-suppressed tokens, masked with a mask built once per call.
+
+    transformers' `SuppressTokensLogitsProcessor` rebuilds the mask with `torch.isin` over the whole vocabulary
+    at every decoding step, which dominated CPU transcription time here.
+    """
+
+    def __init__(self, token_ids: list[int], vocab_size: int):
+        self.mask = torch.zeros(vocab_size, dtype=torch.bool)
+        self.mask[torch.tensor(list(token_ids), dtype=torch.long)] = True
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.mask.device != scores.device:
+            self.mask = self.mask.to(scores.device)
+        return scores.masked_fill(self.mask[: scores.shape[-1]], -float("inf"))
+
+
 def _is_prefill(past_key_values) -> bool:
     return past_key_values is None or past_key_values.get_seq_length() == 0
 
@@ -400,6 +418,11 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
                 raise ValueError("transcribe needs input_features or encoder_last_hidden_state.")
             _, encoder_last_hidden_state = self.model.encode_audio(input_features, output_last_hidden_state=True)
         generate_kwargs.setdefault("do_sample", False)
+        suppressed = whisper.generation_config.suppress_tokens
+        if suppressed and "suppress_tokens" not in generate_kwargs:
+            generate_kwargs["suppress_tokens"] = None
+            processors = generate_kwargs.pop("logits_processor", None) or LogitsProcessorList()
+            generate_kwargs["logits_processor"] = LogitsProcessorList([SuppressTokensOnce(suppressed, whisper.config.vocab_size), *processors])
         encoder_outputs = BaseModelOutputWithPooling(last_hidden_state=encoder_last_hidden_state)
         num_windows, _, _ = encoder_last_hidden_state.shape
         placeholder_features = encoder_last_hidden_state.new_zeros(

@@ -5,6 +5,8 @@ connector and, for clips that came without a transcript, Whisper's decoder (spee
 windows Whisper judges speech-free get an empty transcript instead of a hallucinated one.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from transformers import GenerationConfig, Pipeline
@@ -17,6 +19,15 @@ DEFAULT_LOGPROB_THRESHOLD = -1.0
 SILENCE_RMS = 1e-4
 TASK = "audio-text-to-text"
 PIPELINE_SPEC = {"impl": "pipeline_desta.DestaAudioTextToTextPipeline", "pt": ["AutoModelForCausalLM"], "type": "multimodal"}
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    """How the pipeline transcribes audio that came without a transcript."""
+
+    no_speech_threshold: float = DEFAULT_NO_SPEECH_THRESHOLD
+    logprob_threshold: float | None = DEFAULT_LOGPROB_THRESHOLD
+    max_new_tokens: int | None = None  # default: half of Whisper's max_target_positions
 
 
 class DestaAudioTextToTextPipeline(Pipeline):
@@ -45,6 +56,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
         system_prompt=None,
         no_speech_threshold=DEFAULT_NO_SPEECH_THRESHOLD,
         logprob_threshold=DEFAULT_LOGPROB_THRESHOLD,
+        asr_max_new_tokens=None,
         generate_kwargs=None,
         **kwargs,
     ):
@@ -55,7 +67,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
             preprocess_params["system_prompt"] = system_prompt
         forward_params = {
             "generate_kwargs": {**(generate_kwargs or {}), **kwargs},
-            "asr_thresholds": (no_speech_threshold, logprob_threshold),
+            "asr_options": AsrOptions(no_speech_threshold, logprob_threshold, asr_max_new_tokens),
         }
         return preprocess_params, forward_params, {}
 
@@ -82,7 +94,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
             "transcripts": [item.get("transcript") for item in audio_items],
         }
 
-    def _forward(self, batch: list[dict], generate_kwargs=None, asr_thresholds=(DEFAULT_NO_SPEECH_THRESHOLD, DEFAULT_LOGPROB_THRESHOLD)) -> list[dict]:
+    def _forward(self, batch: list[dict], generate_kwargs=None, asr_options: "AsrOptions | None" = None) -> list[dict]:
         waveforms = [waveform for item in batch for waveform in item["waveforms"]]
         transcripts = [transcript for item in batch for transcript in item["transcripts"]]
         audio_embeds, window_counts = None, []
@@ -94,7 +106,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
             audio_embeds = audio.pooler_output
             if any(needs_asr):
                 transcripts = self._fill_transcripts(
-                    transcripts, waveforms, window_counts, audio.last_hidden_state, asr_thresholds
+                    transcripts, waveforms, window_counts, audio.last_hidden_state, asr_options or AsrOptions()
                 )
         encoded = self.processor.encode_text([item["text"] for item in batch], window_counts, transcripts)
         encoded = {key: value.to(self.device) for key, value in encoded.items()}
@@ -107,14 +119,14 @@ class DestaAudioTextToTextPipeline(Pipeline):
             offset += count
         return outputs
 
-    def _fill_transcripts(self, transcripts, waveforms, window_counts, encoder_states, asr_thresholds) -> list[str]:
+    def _fill_transcripts(self, transcripts, waveforms, window_counts, encoder_states, asr_options) -> list[str]:
         """Transcribe, from the encoder states already computed, every clip that came without a transcript."""
         clip_of_window = np.repeat(np.arange(len(waveforms)), window_counts)
         windows = [w for w, clip in enumerate(clip_of_window) if transcripts[clip] is None]
         audible = [w for w in windows if not self._window_is_silent(waveforms, window_counts, w)]
         window_text = dict.fromkeys(windows, "")
         if audible:
-            window_text.update(zip(audible, self._transcribe_windows(encoder_states[audible], *asr_thresholds)))
+            window_text.update(zip(audible, self._transcribe_windows(encoder_states[audible], asr_options)))
         filled = list(transcripts)
         for clip in range(len(waveforms)):
             if filled[clip] is None:
@@ -122,12 +134,12 @@ class DestaAudioTextToTextPipeline(Pipeline):
                 filled[clip] = " ".join(part for part in parts if part)
         return filled
 
-    def _transcribe_windows(self, states: torch.Tensor, no_speech_threshold: float, logprob_threshold: float | None) -> list[str]:
+    def _transcribe_windows(self, states: torch.Tensor, options: "AsrOptions") -> list[str]:
         """Whisper's greedy text per window, blanked where Whisper itself says there is no speech.
 
-        A window is blanked when its no-speech probability exceeds `no_speech_threshold`, or when the decoded
-        text's mean token log-probability is under `logprob_threshold` (OpenAI's defaults: 0.6 and -1.0);
-        tones and noise otherwise come out as hallucinated words such as "You" or "Beeping".
+        A window is blanked when its no-speech probability exceeds `options.no_speech_threshold`, or when the
+        decoded text's mean token log-probability is under `options.logprob_threshold` (OpenAI's defaults: 0.6
+        and -1.0); tones and noise otherwise come out as hallucinated words such as "You" or "Beeping".
         """
         asr_tokenizer = getattr(self.processor, "asr_tokenizer", None)
         if asr_tokenizer is None:
@@ -138,7 +150,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
         no_speech = self.model.no_speech_probability(states)
         output = self.model.transcribe(
             encoder_last_hidden_state=states,
-            max_new_tokens=self.model.config.audio_config.max_target_positions // 2,
+            max_new_tokens=options.max_new_tokens or self.model.config.audio_config.max_target_positions // 2,
             return_dict_in_generate=True,
             output_scores=True,
         )
@@ -150,7 +162,8 @@ class DestaAudioTextToTextPipeline(Pipeline):
         texts = asr_tokenizer.batch_decode(output.sequences, skip_special_tokens=True)
         return [
             ""
-            if probability > no_speech_threshold or (logprob_threshold is not None and logprob < logprob_threshold)
+            if probability > options.no_speech_threshold
+            or (options.logprob_threshold is not None and logprob < options.logprob_threshold)
             else text.strip()
             for text, probability, logprob in zip(texts, no_speech.tolist(), mean_logprob.tolist())
         ]

@@ -259,3 +259,15 @@ def test_generation_kwargs_pass_through(pipe, clips, monkeypatch):
     assert pipe(str(clips["door"]), prompt="What?", max_new_tokens=6, do_sample=True, top_k=50) == first
     pipe(str(clips["door"]), prompt="What?")
     assert seen.get("do_sample") in (None, False) and seen["max_new_tokens"] == 256  # greedy by default
+
+
+def test_transcribe_on_shared_states_equals_whispers_own_generate(pipe, clips):
+    model, processor = pipe.model, pipe.processor
+    features, _ = processor.extract_features([processor.load_audio(clips["door"]), processor.load_audio(clips["morning"])])
+    with torch.no_grad():
+        _, states = model.model.encode_audio(features, output_last_hidden_state=True)
+        ours = model.transcribe(encoder_last_hidden_state=states, max_new_tokens=30)
+        whisper_alone = model.model.audio_tower.generate(input_features=features, max_new_tokens=30)
+    assert torch.equal(ours, whisper_alone)
+    texts = processor.asr_tokenizer.batch_decode(ours, skip_special_tokens=True)
+    assert SPOKEN in texts[0].lower() and "good morning" in texts[1].lower()
