@@ -2,6 +2,8 @@
 
     desta-audio chat clip.wav [more.wav ...] -p "What is the speaker's emotion?" [--model REPO_OR_DIR]
                 [--stream] [--device cpu|cuda|auto] [--dtype auto|float32|bfloat16|float16] [-v]
+    desta-audio eval (--data-file FILE | --dataset NAME | --rescore PREDICTIONS | --retention) [--model ...]
+                (see docs/evaluation.md)
 """
 
 import argparse
@@ -10,6 +12,7 @@ import os
 import sys
 import threading
 
+from .evaluate import add_eval_arguments, run_eval
 from .pipeline_desta import SYSTEM_PROMPT
 
 DEFAULT_MODEL_ID = "desta-audio/DeSTA2.5-Audio-Llama-3.1-8B"
@@ -36,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--stream", action="store_true", help="print the answer token by token")
     chat.add_argument("-v", "--verbose", action="store_true", help="also print the transcripts used")
     chat.set_defaults(handler=run_chat)
+    evaluate = commands.add_parser("eval", help="score a benchmark, re-score predictions, or check knowledge retention")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(handler=run_eval)
     return parser
 
 
