@@ -1,0 +1,452 @@
+"""The reusable parts of `train_sft.py`: model set-up, freezing, LoRA, dataset loading, trainer, final save.
+
+DeSTA2.5-Audio trains only its connector: Whisper and the LLM stay frozen (optionally with LoRA adapters on
+the LLM's attention projections). Everything here works with TRL's `SFTTrainer` as TRL 1.x wants an audio
+model: own data collator, `remove_unused_columns=False`, `skip_prepare_dataset`, no trainer-side truncation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl import ScriptArguments, SFTConfig, SFTTrainer
+
+from modeling_desta import DestaForConditionalGeneration
+
+from .processing_desta import DestaProcessor
+from .sft_collator import BAD_RECORD_POLICIES, PADDING_SIDES, DestaSFTCollator
+
+logger = logging.getLogger(__name__)
+
+# The LLM's attention projections, addressed only inside the language model: Whisper has q_proj/k_proj/v_proj too.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LLM_MODULE_PATTERN = r"model\.language_model\..*\."
+BUILD_DATASET_SUBDIR = "dataset"
+BUILD_RECORDS_SUBDIR = "records"
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+@dataclass
+class DestaScriptArguments(ScriptArguments):
+    """Data and model-construction arguments of `train_sft.py` (TRL's `ScriptArguments` plus DeSTA's own)."""
+
+    data_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Data files (JSON Lines, Parquet, CSV, Arrow) to train on, alone or with --dataset_name."},
+    )
+    audio_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative audio paths in the records are relative to."}
+    )
+    audio_column: str = field(
+        default="audio",
+        metadata={"help": "Record column whose audio fills audio items that carry none (e.g. a datasets Audio column)."},
+    )
+    llm: str | None = field(
+        default=None, metadata={"help": "Causal LM (Hub id or folder) for a fresh model; use with --whisper."}
+    )
+    whisper: str | None = field(
+        default=None, metadata={"help": "Whisper model (Hub id or folder) for a fresh model; use with --llm."}
+    )
+    num_audio_queries: int = field(default=64, metadata={"help": "Fresh connector: vectors per 30 s window."})
+    qformer_num_hidden_layers: int = field(default=6, metadata={"help": "Fresh connector: Q-Former depth."})
+    qformer_intermediate_size: int = field(default=3072, metadata={"help": "Fresh connector: feed-forward width."})
+    audio_layer_ids: list[int] | None = field(
+        default=None, metadata={"help": "Fresh connector: 0-based Whisper encoder layers to tap (default: 4 evenly spaced)."}
+    )
+    max_transcript_tokens: int | None = field(
+        default=100, metadata={"help": "Cap on each transcript's LLM tokens (the release used 100)."}
+    )
+    on_bad_record: str = field(
+        default="error",
+        metadata={
+            "help": "A record with missing/undecodable audio, no audio, or over --max_length: 'error' stops with its "
+            "id, 'skip' drops it with a warning and counts it. Records are never truncated.",
+            "choices": list(BAD_RECORD_POLICIES),
+        },
+    )
+    padding_side: str = field(default="right", metadata={"help": "Padding side of training batches.", "choices": list(PADDING_SIDES)})
+    license: str = field(default="other", metadata={"help": "License named in the model card (the base models' terms apply)."})
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def load_model_and_processor(script_args: DestaScriptArguments, model_args) -> tuple[DestaForConditionalGeneration, DestaProcessor]:
+    """From a Desta checkpoint (`--model_name_or_path`) or from components (`--llm` + `--whisper`, fresh connector)."""
+    dtype = resolve_dtype(model_args.dtype)
+    if model_args.model_name_or_path:
+        if script_args.llm or script_args.whisper:
+            raise ValueError("Give either --model_name_or_path or --llm and --whisper, not both.")
+        revision = model_args.model_revision
+        processor = DestaProcessor.from_pretrained(model_args.model_name_or_path, revision=revision)
+        model = DestaForConditionalGeneration.from_pretrained(
+            model_args.model_name_or_path, revision=revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+        )
+    elif script_args.llm and script_args.whisper:
+        processor = DestaProcessor.from_components(script_args.llm, script_args.whisper, num_audio_queries=script_args.num_audio_queries)
+        model = DestaForConditionalGeneration.from_components(
+            script_args.llm,
+            script_args.whisper,
+            audio_token_id=processor.audio_token_id,
+            vocab_size=len(processor.tokenizer),
+            dtype=dtype,
+            **connector_overrides(script_args),
+        )
+        if model_args.attn_implementation:
+            model.set_attn_implementation(model_args.attn_implementation)
+    else:
+        raise ValueError("Give --model_name_or_path (a Desta checkpoint), or --llm and --whisper (a fresh connector).")
+    processor.max_transcript_tokens = script_args.max_transcript_tokens
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return model, processor
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, dtype)
+
+
+def connector_overrides(script_args: DestaScriptArguments) -> dict[str, Any]:
+    overrides = {
+        "num_audio_queries": script_args.num_audio_queries,
+        "qformer_num_hidden_layers": script_args.qformer_num_hidden_layers,
+        "qformer_intermediate_size": script_args.qformer_intermediate_size,
+    }
+    if script_args.audio_layer_ids is not None:
+        overrides["audio_layer_ids"] = list(script_args.audio_layer_ids)
+    return overrides
+
+
+def freeze_for_sft(model: DestaForConditionalGeneration) -> DestaForConditionalGeneration:
+    """Freeze Whisper, the LLM and its head; train the connector, kept in float32 as master weights.
+
+    With a bfloat16 checkpoint the frozen parts stay bfloat16 (half the memory) while the optimiser updates
+    float32 connector weights; under `--bf16` autocast still runs the connector's matmuls in bfloat16.
+    """
+    model.requires_grad_(False)
+    connector = model.model.connector
+    connector.requires_grad_(True)
+    connector.float()
+    return model
+
+
+def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+def lora_config(model_args):
+    """LoRA on the LLM only (the connector stays fully trainable through `modules_to_save`), or None.
+
+    `--lora_target_modules` names module suffixes (default: the attention projections); they are matched
+    inside `model.language_model` only, so Whisper's identically named projections stay frozen.
+    """
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets = model_args.lora_target_modules or DEFAULT_LORA_TARGETS
+    options = {"target_parameters": model_args.lora_target_parameters} if model_args.lora_target_parameters else {}
+    return LoraConfig(
+        task_type=model_args.lora_task_type,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=LLM_MODULE_PATTERN + "(" + "|".join(re.escape(t) for t in targets) + ")",
+        modules_to_save=["connector", *(model_args.lora_modules_to_save or [])],
+        bias="none",
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        **options,
+    )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_sft_dataset(script_args: DestaScriptArguments):
+    """A `DatasetDict` (or `IterableDatasetDict` when streaming) from a Hub id, a build_dataset.py folder,
+    a `save_to_disk` folder, any local dataset folder, or `--data_files`."""
+    import datasets
+
+    name, files, streaming = script_args.dataset_name, script_args.data_files, script_args.dataset_streaming
+    if files:
+        builder = name or data_file_builder(files)
+        loaded = datasets.load_dataset(builder, name=script_args.dataset_config, data_files=list(files), streaming=streaming)
+    elif name is None:
+        raise ValueError("Give --dataset_name (Hub id or folder) or --data_files.")
+    elif Path(name).is_dir():
+        loaded = load_local_dataset(Path(name), streaming)
+    else:
+        loaded = datasets.load_dataset(name, name=script_args.dataset_config, streaming=streaming)
+    return as_dataset_dict(loaded, script_args.dataset_train_split)
+
+
+def data_file_builder(files: list[str]) -> str:
+    suffixes = {Path(f).suffix.lower() for f in files}
+    builders = {DATA_FILE_BUILDERS.get(s) for s in suffixes}
+    if len(builders) != 1 or None in builders:
+        raise ValueError(f"Cannot tell one datasets builder from the data file types {sorted(suffixes)}; give --dataset_name (e.g. json).")
+    return builders.pop()
+
+
+def load_local_dataset(folder: Path, streaming: bool):
+    """build_dataset.py output (DIR/dataset saved, else DIR/records/*.jsonl), a saved dataset, or a data folder."""
+    import datasets
+
+    for candidate in (folder / BUILD_DATASET_SUBDIR, folder):
+        if is_saved_dataset(candidate):
+            loaded = datasets.load_from_disk(str(candidate))
+            return loaded.to_iterable_dataset() if streaming and isinstance(loaded, datasets.Dataset) else loaded
+    shards = sorted((folder / BUILD_RECORDS_SUBDIR).glob("*.jsonl"))
+    if shards:
+        return datasets.load_dataset("json", data_files=[str(s) for s in shards], streaming=streaming)
+    return datasets.load_dataset(str(folder), streaming=streaming)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    return (folder / "state.json").exists() or (folder / "dataset_dict.json").exists()
+
+
+def as_dataset_dict(loaded, split: str):
+    import datasets
+
+    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return loaded
+    if isinstance(loaded, datasets.IterableDataset):
+        return datasets.IterableDatasetDict({split: loaded})
+    return datasets.DatasetDict({split: loaded})
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class DestaSFTTrainer(SFTTrainer):
+    """`SFTTrainer` whose model card (written at each checkpoint, at the end and on push) describes DeSTA."""
+
+    def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs):
+        self.card_info = dict(card_info or {})
+        super().__init__(*args, **kwargs)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        if not self.is_world_process_zero():
+            return
+        info = {
+            "repo_id": self.args.hub_model_id or Path(self.args.output_dir).name,
+            **self.card_info,
+            **run_summary(self),
+            "audio_token": getattr(self.processing_class, "audio_token", None),
+        }
+        if dataset_name:
+            info["dataset"] = dataset_name
+        write_model_card(self.args.output_dir, self.model.config, info)
+
+
+def prepare_training_args(training_args: SFTConfig) -> int | None:
+    """Set what TRL needs for an audio collator; returns the `max_length` the collator enforces instead.
+
+    DDP's search for unused parameters (TRL turns it on for processors, for text-only batches of
+    vision models) is switched off unless asked for: the collator puts audio in every record, so every
+    trainable parameter gets a gradient at every step.
+    """
+    max_length = training_args.max_length
+    training_args.max_length = None
+    training_args.remove_unused_columns = False
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False
+    return max_length
+
+
+def build_trainer(
+    model,
+    processor: DestaProcessor,
+    training_args: SFTConfig,
+    script_args: DestaScriptArguments,
+    train_dataset,
+    eval_dataset=None,
+    peft_config=None,
+    card_info: dict[str, Any] | None = None,
+    callbacks=None,
+) -> DestaSFTTrainer:
+    collator = DestaSFTCollator(
+        processor,
+        audio_root=script_args.audio_root,
+        audio_column=script_args.audio_column,
+        max_length=prepare_training_args(training_args),
+        padding_side=script_args.padding_side,
+        on_bad_record=script_args.on_bad_record,
+    )
+    return DestaSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        card_info=card_info,
+    )
+
+
+def resume_target(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint true` means the latest checkpoint in --output_dir (the parser yields a string)."""
+    if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "none", ""):
+        return None
+    return value
+
+
+def save_final_model(trainer: DestaSFTTrainer, output_dir: str | os.PathLike | None = None) -> Path:
+    """Save a folder that loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)` alone.
+
+    With LoRA the adapter (and the trained connector) is kept in `OUTPUT/lora_adapter`, then merged into the
+    LLM so the main folder holds plain model weights, the remote code, processor, generation config and card.
+    """
+    output_dir = Path(output_dir or trainer.args.output_dir)
+    if _is_peft_model(trainer.model):
+        trainer.save_model(str(output_dir / "lora_adapter"))
+        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    trainer.save_model(str(output_dir))
+    trainer.create_model_card()
+    skipped = getattr(trainer.data_collator, "skipped", None)
+    if skipped:
+        logger.warning("records skipped by this process's collator: %s", dict(skipped))
+    return output_dir
+
+
+def _is_peft_model(model) -> bool:
+    from accelerate.utils import is_peft_model
+
+    return is_peft_model(model)
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def run_summary(trainer: SFTTrainer) -> dict[str, Any]:
+    """This run's numbers for the card: optimiser steps, epochs, last logged training loss."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch}
+    if losses:
+        summary["final_loss"] = losses[-1]
+    return summary
+
+
+def card_info_from_args(script_args: DestaScriptArguments, model_args, training_args: SFTConfig) -> dict[str, Any]:
+    return {
+        "base_model": model_args.model_name_or_path,
+        "llm": script_args.llm,
+        "whisper": script_args.whisper,
+        "dataset": script_args.dataset_name or ", ".join(script_args.data_files or []),
+        "lora": bool(model_args.use_peft),
+        "learning_rate": training_args.learning_rate,
+        "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
+        "license": script_args.license,
+    }
+
+
+def write_model_card(output_dir: str | os.PathLike, config, info: dict[str, Any]) -> Path:
+    """README.md: the project's full card (`modeling_desta.hub.render_model_card`) when the run can fill it
+    (Hub ids for both base models and the data), else a minimal card with this run's facts."""
+    try:
+        card = full_model_card(config, info)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        logger.info("writing a minimal model card: %s", error)
+        card = minimal_model_card(info)
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(card, encoding="utf-8")
+    return path
+
+
+def full_model_card(config, info: dict[str, Any]) -> str:
+    from modeling_desta.hub import is_hub_id, render_model_card
+
+    dataset = info.get("dataset")
+    facts = {
+        "repo_id": info.get("repo_id"),
+        "license": info.get("license"),
+        "datasets": [dataset] if is_hub_id(dataset) else [],
+        "training": training_facts(info),
+        "evaluation": {
+            "source": "No benchmark has been run on this checkpoint yet (see `desta-audio eval`); the only number "
+            "below is this training run's last logged loss.",
+            "results": [{"benchmark": "training data", "metric": "cross-entropy loss (last log)", "score": _fmt(info.get("final_loss"))}],
+        },
+        "audio_token": info.get("audio_token"),
+    }
+    if info.get("llm") and info.get("whisper"):
+        facts["base_models"] = [info["llm"], info["whisper"]]
+    return render_model_card(config, facts)
+
+
+def training_facts(info: dict[str, Any]) -> dict[str, Any]:
+    facts = {
+        "trained": "connector + LoRA on the LLM (merged)" if info.get("lora") else "connector only (Whisper and LLM frozen)",
+        "started from": info.get("base_model") or "components (fresh connector)",
+        "data": info.get("dataset"),
+        "steps": info.get("global_step"),
+        "epochs": _fmt(info.get("epoch")),
+        "loss": _fmt(info.get("final_loss")),
+        "learning rate": info.get("learning_rate"),
+    }
+    return {name: value for name, value in facts.items() if value not in (None, "")}
+
+
+def minimal_model_card(info: dict[str, Any]) -> str:
+    base_models = [m for m in (info.get("base_model"), info.get("llm"), info.get("whisper")) if m and not os.path.isdir(m)]
+    front_matter = ["---", "library_name: transformers", "pipeline_tag: audio-text-to-text", "tags:", "- desta", "- audio", "- trl", "- sft"]
+    if base_models:
+        front_matter += ["base_model:", *(f"- {m}" for m in base_models)]
+    front_matter.append("---")
+    rows = [f"| {name} | {value} |" for name, value in {"LLM": info.get("llm"), "Whisper": info.get("whisper"), **training_facts(info)}.items() if value]
+    repo = info.get("repo_id") or "path/to/this/folder"
+    body = [
+        "",
+        "# DeSTA2.5-Audio fine-tune",
+        "",
+        "A DeSTA2.5-Audio model (Whisper encoder + Q-Former connector + LLM) fine-tuned with `train_sft.py` "
+        "(TRL `SFTTrainer`) on self-generated audio instruction data.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *rows,
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModel, AutoProcessor",
+        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
+        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)',
+        "```",
+        "",
+    ]
+    return "\n".join(front_matter + body)
+
+
+def _fmt(value) -> str | None:
+    return None if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+__all__ = [
+    "DestaSFTTrainer",
+    "DestaScriptArguments",
+    "build_trainer",
+    "freeze_for_sft",
+    "load_model_and_processor",
+    "load_sft_dataset",
+    "lora_config",
+    "resume_target",
+    "save_final_model",
+    "write_model_card",
+]

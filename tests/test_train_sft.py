@@ -1,0 +1,543 @@
+"""train_sft.py and its library (processing/sft_setup.py, processing/sft_collator.py), offline on CPU.
+
+The learning test needs the real Whisper tiny.en (../shared/tools) and skips without it; everything else runs
+on the tiny random components of conftest.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_assets
+from conftest import REPO_ROOT
+
+from modeling_desta import DestaForConditionalGeneration
+from processing import DestaProcessor
+from processing.sft_collator import IGNORE_INDEX, BadRecordError, DestaSFTCollator, normalize_record
+
+SYSTEM = "Focus on the audio clips and instructions."
+SUBPROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+CPU_TRAINING = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
+SMALL_CONNECTOR = ["--num_audio_queries", "4", "--qformer_num_hidden_layers", "1", "--qformer_intermediate_size", "64"]
+
+
+def record(rid: str, audio: str, response: str, instruction: str = "What is it?", transcript: str = "") -> dict:
+    """A record as build_dataset.py writes it: system + user (audio item, text), the target in `response`."""
+    return {
+        "id": rid,
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+            {
+                "role": "user",
+                "content": [{"type": "audio", "path": audio, "transcript": transcript}, {"type": "text", "text": instruction}],
+            },
+        ],
+        "response": response,
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_args(**overrides):
+    from trl import SFTConfig
+
+    options = dict(bf16=False, gradient_checkpointing=False, report_to="none", disable_tqdm=True, logging_steps=1, seed=0)
+    return SFTConfig(**{**options, **overrides})
+
+
+def small_model(llm_dir, whisper_dir, **overrides):
+    processor = DestaProcessor.from_components(llm_dir, whisper_dir, num_audio_queries=4)
+    model = DestaForConditionalGeneration.from_components(
+        llm_dir,
+        whisper_dir,
+        audio_token_id=processor.audio_token_id,
+        vocab_size=len(processor.tokenizer),
+        num_audio_queries=4,
+        qformer_num_hidden_layers=1,
+        qformer_intermediate_size=64,
+        **overrides,
+    )
+    return model, processor
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    assert before.keys() == after.keys()
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def run(command: list[str], cwd, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT), **(env_extra or {})}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+# ----------------------------------------------------------------------------- collator
+
+
+def test_labels_cover_exactly_the_response_and_end_of_turn(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    collator = DestaSFTCollator(processor, audio_root=audio_dir)
+    response = "A man says hello world, calmly."
+    encoded = collator.encode(record("r1", "hello.wav", response, transcript="hello world"))
+
+    tokenizer = processor.tokenizer
+    expected = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    labelled = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
+    assert [encoded.labels[i] for i in labelled] == expected
+    assert labelled == list(range(len(encoded.input_ids) - len(expected), len(encoded.input_ids)))
+    assert [encoded.input_ids[i] for i in labelled] == expected
+    # Everything before the answer is prompt: system, user, audio placeholders, transcript, assistant header.
+    assert encoded.input_ids.count(processor.audio_token_id) == processor.num_audio_queries
+    prompt = tokenizer.decode(encoded.input_ids[: labelled[0]])
+    assert "hello world<end_audio>" in prompt and prompt.endswith("assistant<|end_header_id|>\n\n")
+    assert encoded.input_features.shape[0] == 1
+
+
+def test_reference_format_and_final_assistant_turn_give_the_same_example(tiny_parts, audio_dir):
+    """DeSTA-AQA5M's string content with <|AUDIO|> + `audios`, and a final assistant message instead of `response`."""
+    _, processor = tiny_parts
+    collator = DestaSFTCollator(processor, audio_root=audio_dir)
+    ours = collator.encode(record("a", "hello.wav", "Hello.", transcript="hello world"))
+    reference = {
+        "id": "b",
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "<|AUDIO|>\n\nWhat is it?", "audios": [{"audio": "hello.wav", "text": "hello world"}]},
+            {"role": "assistant", "content": "Hello."},
+        ],
+    }
+    theirs = collator.encode(reference)
+    assert theirs.input_ids == ours.input_ids and theirs.labels == ours.labels
+    assert torch.equal(theirs.input_features, ours.input_features)
+
+
+def test_audio_from_the_record_column_and_arrays(tiny_parts):
+    _, processor = tiny_parts
+    clip = {"array": tiny_assets.sine(1.0), "sampling_rate": 16000}
+    row = record("c", None, "A tone.")
+    row["audio"] = clip  # a datasets Audio value fills the item that names no audio
+    example = normalize_record(row)
+    item = example.messages[1]["content"][0]
+    assert item["audio"] is clip and "path" not in item
+    assert normalize_record(record("d", "x/y.wav", "ok"), audio_root="/data").messages[1]["content"][0]["path"] == "/data/x/y.wav"
+    batch = DestaSFTCollator(processor)([row])
+    assert batch["input_features"].shape[0] == 1
+
+
+def test_padding_left_or_right_gives_the_same_loss(tiny_parts, audio_dir):
+    model, processor = tiny_parts
+    rows = [record("a", "hello.wav", "Short."), record("b", "numbers.wav", "A longer answer with more words in it.")]
+    losses = {}
+    for side in ("left", "right"):
+        batch = DestaSFTCollator(processor, audio_root=audio_dir, padding_side=side)(rows)
+        pad_column = 0 if side == "left" else -1
+        assert batch["attention_mask"][0, pad_column] == 0 and batch["labels"][0, pad_column] == IGNORE_INDEX
+        with torch.no_grad():
+            losses[side] = model(**batch).loss
+    torch.testing.assert_close(losses["left"], losses["right"])
+
+
+def test_bad_records_raise_or_are_skipped_and_counted_never_trained_without_audio(tiny_parts, audio_dir):
+    _, processor = tiny_parts
+    good = record("good", "hello.wav", "Hello.")
+    missing = record("missing", "no_such_file.wav", "Hello.")
+    text_only = {"id": "text", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "response": "Hi."}
+    long_answer = record("long", "hello.wav", "word " * 200)
+
+    strict = DestaSFTCollator(processor, audio_root=audio_dir, max_length=100)
+    for bad, reason in ((missing, "missing_audio"), (text_only, "no_audio"), (long_answer, "too_long")):
+        with pytest.raises(BadRecordError) as error:
+            strict([good, bad])
+        assert error.value.reason == reason and repr(bad["id"]) in str(error.value)
+
+    lenient = DestaSFTCollator(processor, audio_root=audio_dir, max_length=100, on_bad_record="skip")
+    batch = lenient([missing, good, text_only, long_answer])
+    assert batch["input_ids"].shape[0] == 1 and batch["input_features"].shape[0] == 1
+    assert batch["input_ids"].shape[1] <= 100
+    assert int((batch["input_ids"] == processor.audio_token_id).sum()) == processor.num_audio_queries
+    assert lenient.skipped == {"missing_audio": 1, "no_audio": 1, "too_long": 1}
+    with pytest.raises(BadRecordError, match="every record of this batch was skipped"):
+        lenient([missing])
+
+
+# ----------------------------------------------------------------------------- data and recipe
+
+
+def test_dataset_loading_from_build_dataset_folders_and_files(tmp_path):
+    import datasets
+
+    from processing.sft_setup import DestaScriptArguments, load_sft_dataset
+
+    rows = [record(f"r{i}", f"{i}.wav", "ok") for i in range(3)]
+    records_only = tmp_path / "records_only"
+    write_jsonl(records_only / "records" / "shard-00000-of-00001.jsonl", rows)
+    merged = tmp_path / "merged"
+    datasets.Dataset.from_list(rows).save_to_disk(str(merged / "dataset"))
+    files = write_jsonl(tmp_path / "files" / "train.jsonl", rows)
+
+    for arguments in ({"dataset_name": str(records_only)}, {"dataset_name": str(merged)}, {"data_files": [str(files)]}):
+        train = load_sft_dataset(DestaScriptArguments(**arguments))["train"]
+        assert train["id"] == ["r0", "r1", "r2"], arguments
+
+
+def test_recipe_yaml_is_the_release_recipe():
+    sys.path.insert(0, str(REPO_ROOT))
+    import train_sft
+
+    config = str(REPO_ROOT / "recipes" / "desta25_sft.yaml")
+    script_args, training_args, model_args = train_sft.make_parser().parse_args_and_config(
+        ["--config", config, "--output_dir", "unused", "--llm", "L", "--whisper", "W", "--use_cpu", "true"]
+    )
+    assert (training_args.learning_rate, training_args.adam_beta1, training_args.adam_beta2) == (1e-4, 0.9, 0.98)
+    assert (training_args.weight_decay, training_args.max_grad_norm, training_args.warmup_steps) == (0.01, 1.0, 5000)
+    assert training_args.lr_scheduler_type == "cosine" and training_args.optim == "adamw_torch"
+    assert training_args.bf16 and training_args.gradient_checkpointing and training_args.max_length == 300
+    assert script_args.max_transcript_tokens == 100 and script_args.num_audio_queries == 64 and not model_args.use_peft
+
+
+def test_model_card_is_the_full_card_for_hub_ids_else_a_minimal_one(tiny_parts, tmp_path):
+    from processing.sft_setup import write_model_card
+
+    model, processor = tiny_parts
+    info = {
+        "llm": "meta-llama/Llama-3.1-8B-Instruct", "whisper": "openai/whisper-large-v3", "dataset": "DeSTA-ntu/DeSTA-AQA5M",
+        "repo_id": "someone/desta-ft", "license": "other", "global_step": 10, "epoch": 1.0, "final_loss": 1.25,
+        "learning_rate": 1e-4, "audio_token": processor.audio_token,
+    }  # fmt: skip
+    full = write_model_card(tmp_path / "full", model.config, info).read_text()
+    assert "base_model_relation: finetune" in full and "- \"DeSTA-ntu/DeSTA-AQA5M\"" in full
+    assert "| steps | 10 |" in full and "| loss | 1.25 |" in full
+    local = write_model_card(tmp_path / "local", model.config, {**info, "llm": str(tmp_path), "dataset": str(tmp_path)}).read_text()
+    assert "base_model_relation" not in local and "| steps | 10 |" in local and "pipeline_tag: audio-text-to-text" in local
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+ANSWERS = {"speech": "It is speech.", "tone": "It is a tone.", "noise": "It is noise."}
+INSTRUCTION = "What is it?"
+
+
+@pytest.fixture(scope="module")
+def describing_llm_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A tiny LLM taught, from text only, to answer from a description inside the audio span.
+
+    This stands in for DeSTA's premise (the LLM already answers from a text description of the audio), so the
+    frozen LLM has something to say and the connector must learn to "describe" the sound to it. Its embeddings
+    start at a scale comparable to the connector's outputs.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    llm = tiny_assets.build_llm(tokenizer, seed=0)
+    with torch.no_grad():
+        llm.get_input_embeddings().weight.mul_(25.0)
+    rng = random.Random(0)
+    optimizer = torch.optim.AdamW(llm.parameters(), lr=3e-3)
+    llm.train()
+    for _ in range(60):
+        batch = [_description_example(tokenizer, rng.choice(list(ANSWERS)), rng.randint(1, 16)) for _ in range(16)]
+        llm(**_pad_text_batch(batch, tokenizer.pad_token_id)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    path = tmp_path_factory.mktemp("describing_llm")
+    llm.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _description_example(tokenizer, kind: str, repeats: int) -> tuple[list[int], list[int]]:
+    user = {"role": "user", "content": "<start_audio>" + f" {kind}" * repeats + f"<end_audio>\n\n{INSTRUCTION}"}
+    prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([user, {"role": "assistant", "content": ANSWERS[kind]}], tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False).input_ids
+    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+
+
+def _pad_text_batch(batch, pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    return {
+        "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch]),
+        "labels": torch.tensor([labels + [IGNORE_INDEX] * (width - len(labels)) for _, labels in batch]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch]),
+    }
+
+
+@pytest.fixture(scope="module")
+def sound_kinds(tmp_path_factory) -> tuple[Path, list[tuple[str, str]], list[tuple[str, str]]]:
+    """(folder, train clips, held-out clips) of speech (espeak), tones and noise (sox), as (file, kind) pairs.
+
+    Held-out clips use other words, other frequencies and brown noise, never seen in training.
+    """
+    if not tiny_assets.tools_available():
+        pytest.skip("espeak-ng and sox are required")
+    folder = tmp_path_factory.mktemp("sound_kinds")
+    train_words = ["hello there", "open the door", "seven eight", "good morning", "turn left now", "thank you", "the red house", "call me later"]
+    voices = ["en-us", "en", "en-us+f3", "en+m3"]
+
+    def make(split, words, freqs, tone_kinds, noise_kinds):
+        clips = []
+        for i, (word, freq) in enumerate(zip(words, freqs)):
+            name = f"{split}_speech{i}.wav"
+            tiny_assets.speak(folder / name, ". ".join([word] * 12), voice=voices[i % len(voices)], speed=130 + 15 * (i % 3))
+            clips.append((name, "speech"))
+            name = f"{split}_tone{i}.wav"
+            tiny_assets.sox_synth(folder / name, 20 + 2 * (i % 4), kind=tone_kinds[i % len(tone_kinds)], freq=freq)
+            clips.append((name, "tone"))
+            name = f"{split}_noise{i}.wav"
+            tiny_assets.sox_synth(folder / name, 20 + 2 * (i % 4), kind=noise_kinds[i % len(noise_kinds)])
+            clips.append((name, "noise"))
+        return clips
+
+    train = make("train", train_words, [220, 300, 440, 520, 660, 880, 1000, 1200], ["sine", "square"], ["whitenoise", "pinknoise"])
+    held_out = make("test", ["where is it", "nine ten", "blue sky"], [350, 750, 1500], ["sine"], ["whitenoise", "pinknoise", "brownnoise"])
+    return folder, train, held_out
+
+
+def memoize_frozen_audio_path(model, processor) -> None:
+    """Cache log-mel features per clip and the frozen Whisper encoder's taps per window.
+
+    Both are pure functions of the clip (the encoder is frozen and has no dropout), so caching is exact; it keeps
+    a few hundred CPU steps affordable, since they would otherwise be spent re-encoding the same 24 clips.
+    """
+    features_cache, taps_cache = {}, {}
+    extract_features, encode_audio = processor.extract_features, model.model.encode_audio
+
+    def cached_extract_features(waveforms):
+        key = hashlib.sha1(b"".join(w.tobytes() for w in waveforms)).hexdigest()
+        if key not in features_cache:
+            features_cache[key] = extract_features(waveforms)
+        return features_cache[key]
+
+    def cached_encode_audio(input_features, output_last_hidden_state=False):
+        if output_last_hidden_state:
+            return encode_audio(input_features, True)
+        windows = []
+        for window in input_features:
+            key = hashlib.sha1(window.numpy().tobytes()).hexdigest()
+            if key not in taps_cache:
+                with torch.no_grad():
+                    taps_cache[key] = [tap[0] for tap in encode_audio(window[None])[0]]
+            windows.append(taps_cache[key])
+        return [torch.stack(tap) for tap in zip(*windows)], None
+
+    processor.extract_features = cached_extract_features
+    model.model.encode_audio = cached_encode_audio
+
+
+def classify(model, processor, path: Path) -> str:
+    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(path)}, {"type": "text", "text": INSTRUCTION}]}]
+    inputs = processor.apply_chat_template(conversation)
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_llm_dir, real_whisper_dir, sound_kinds):
+    """The answer depends on the audio only (same text, no transcript); training must find it in the sound."""
+    import datasets
+
+    from processing.sft_setup import DestaScriptArguments, build_trainer, freeze_for_sft, trainable_parameter_names
+
+    folder, train_clips, held_out = sound_kinds
+    torch.manual_seed(0)
+    processor = DestaProcessor.from_components(describing_llm_dir, real_whisper_dir, num_audio_queries=16)
+    model = DestaForConditionalGeneration.from_components(
+        describing_llm_dir,
+        real_whisper_dir,
+        audio_token_id=processor.audio_token_id,
+        vocab_size=len(processor.tokenizer),
+        num_audio_queries=16,
+        qformer_num_hidden_layers=1,
+        qformer_intermediate_size=256,
+        audio_layer_ids=[3],
+        qformer_hidden_dropout_prob=0.0,  # the class signal is a few % of the connector output at init;
+        qformer_attention_dropout_prob=0.0,  # 10 % dropout noise would drown it for this short run
+    )
+    freeze_for_sft(model)
+    assert {name.split(".")[1] for name in trainable_parameter_names(model)} == {"connector"}
+    before = snapshot(model)
+    memoize_frozen_audio_path(model, processor)
+
+    rows = [record(name, name, ANSWERS[kind], instruction=INSTRUCTION) for name, kind in train_clips]
+    for row in rows:
+        del row["messages"][0]  # no system prompt: a shorter prompt for the tiny LLM
+    args = sft_args(
+        output_dir=str(folder / "run"), max_steps=200, per_device_train_batch_size=2, learning_rate=5e-4, adam_beta2=0.98,
+        weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10, save_strategy="no",
+    )
+    trainer = build_trainer(model, processor, args, DestaScriptArguments(audio_root=str(folder)), datasets.Dataset.from_list(rows))
+    trainer.train()
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0] / 3, losses
+    model.eval()
+    answers = {name: classify(model, processor, folder / name) for name, _ in held_out}
+    correct = sum(ANSWERS[kind] == answers[name].strip() for name, kind in held_out)
+    assert correct >= 2 * len(held_out) / 3, answers  # chance is 1/3
+
+    moved = changed(before, model.state_dict())
+    assert moved and all(name.startswith("model.connector.") for name in moved), sorted(moved)[:5]
+
+
+# ----------------------------------------------------------------------------- LoRA, resume
+
+
+def test_lora_trains_only_adapters_and_connector(llm_dir, whisper_dir, audio_dir, tmp_path):
+    import datasets
+    from trl import ModelConfig
+
+    from processing.sft_setup import DestaScriptArguments, build_trainer, freeze_for_sft, lora_config, save_final_model
+
+    model, processor = small_model(llm_dir, whisper_dir)
+    freeze_for_sft(model)
+    before = snapshot(model)
+    rows = [record(f"r{i}", name, f"Answer {i}.") for i, name in enumerate(["hello.wav", "tone.wav"] * 2)]
+    trainer = build_trainer(
+        model,
+        processor,
+        sft_args(output_dir=str(tmp_path / "lora"), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-2, save_strategy="no"),
+        DestaScriptArguments(audio_root=str(audio_dir)),
+        datasets.Dataset.from_list(rows),
+        peft_config=lora_config(ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)),
+    )
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or ".connector.modules_to_save." in n for n in trainable), trainable
+    assert any("language_model" in n and "lora_" in n for n in trainable)
+    assert not any("audio_tower" in n for n in trainable)
+    trainer.train()
+    output = save_final_model(trainer)
+
+    merged = DestaForConditionalGeneration.from_pretrained(output)
+    moved = changed(before, merged.state_dict())
+    lora_targets = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
+    assert any(name.startswith("model.connector.") for name in moved)
+    assert any(name.startswith("model.language_model.") for name in moved)
+    unexpected = [n for n in moved if not (n.startswith("model.connector.") or (n.startswith("model.language_model.") and n.endswith(lora_targets)))]
+    assert not unexpected, unexpected
+    assert (output / "lora_adapter" / "adapter_config.json").exists()
+
+
+def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir, tmp_path):
+    import datasets
+    from transformers import TrainerCallback
+
+    from processing.sft_setup import DestaScriptArguments, build_trainer, freeze_for_sft, resume_target
+
+    class StepsSeen(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    rows = datasets.Dataset.from_list([record(f"r{i}", "hello.wav", f"Answer {i}.") for i in range(8)])
+    script_args = DestaScriptArguments(audio_root=str(audio_dir))
+
+    def trainer_for(max_steps, callback=None):
+        model, processor = small_model(llm_dir, whisper_dir)
+        args = sft_args(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=2, save_steps=2)
+        return build_trainer(freeze_for_sft(model), processor, args, script_args, rows, callbacks=[callback] if callback else None)
+
+    trainer_for(2).train()
+    assert (tmp_path / "checkpoint-2" / "trainer_state.json").exists()
+    seen = StepsSeen()
+    resumed = trainer_for(4, seen)
+    resumed.train(resume_from_checkpoint=resume_target("true"))
+    assert seen.steps == [2, 3] and resumed.state.global_step == 4
+    assert (tmp_path / "checkpoint-4").exists()
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, llm_dir, whisper_dir, audio_dir) -> Path:
+    """train_sft.py on 2 CPU processes (gloo), reading a build_dataset.py-style folder of JSONL records.
+
+    `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher ignores the count
+    without an MPI hostfile); `--multi_gpu` goes through torchrun, and `--use_cpu true` keeps the ranks on CPU.
+    """
+    work = tmp_path_factory.mktemp("ddp")
+    rows = [record(f"r{i}", name, f"It is {kind}.") for i, (name, kind) in enumerate([("hello.wav", "speech"), ("tone.wav", "a tone")] * 4)]
+    write_jsonl(work / "data" / "records" / "shard-00000-of-00001.jsonl", rows)
+    output = work / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "train_sft.py", "--use_cpu", "true",
+        "--llm", str(llm_dir), "--whisper", str(whisper_dir), *SMALL_CONNECTOR,
+        "--dataset_name", str(work / "data"), "--audio_root", str(audio_dir),
+        "--output_dir", str(output), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--save_steps", "2", "--logging_steps", "1", *CPU_TRAINING,
+    ]  # fmt: skip
+    run(command, cwd=REPO_ROOT, timeout=400)
+    return output
+
+
+def test_two_process_data_parallel_training_saves(ddp_run):
+    state = json.loads((ddp_run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # 2 processes x 2 per device = 4 samples per step: 2 steps cover the 8 records once.
+    assert state["log_history"][-1]["epoch"] == pytest.approx(1.0)
+    for name in ("model.safetensors", "config.json", "generation_config.json", "processor_config.json", "modeling_desta.py", "README.md"):
+        assert (ddp_run / name).exists(), name
+    card = (ddp_run / "README.md").read_text()
+    assert "pipeline_tag: audio-text-to-text" in card and "| steps | 2 |" in card
+
+
+BLOCK_PROJECT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class BlockProject(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_desta", "processing", "train_sft"):
+                raise ImportError(f"{name} is blocked: only the saved folder's remote code may serve")
+    sys.meta_path.insert(0, BlockProject())
+    """
+)
+
+
+def test_trained_folder_loads_with_remote_code_alone_and_generates(ddp_run, audio_dir, tmp_path):
+    script = BLOCK_PROJECT + textwrap.dedent(
+        f"""
+        try:
+            import modeling_desta
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("the project is importable; this check would prove nothing")
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(ddp_run)!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(ddp_run)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        conversation = [{{"role": "user", "content": [{{"type": "audio", "path": {str(audio_dir / "hello.wav")!r}}}, {{"type": "text", "text": "What?"}}]}}]
+        inputs = processor.apply_chat_template(conversation)
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert output.shape[1] > inputs["input_ids"].shape[1]
+        print("generated", output.shape[1] - inputs["input_ids"].shape[1])
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(SUBPROCESS_ENV, PYTHONNOUSERSITE="1")
+    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "generated" in result.stdout

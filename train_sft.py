@@ -1,0 +1,96 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "desta-audio[train]",
+#     "trl>=1.0",
+#     "peft>=0.15",
+#     "transformers>=5.0,<6",
+#     "accelerate>=1.0",
+#     "datasets>=4.0",
+#     "torchcodec",
+#     "soundfile",
+#     "soxr",
+# ]
+# ///
+
+"""
+Fine-tune DeSTA2.5-Audio with TRL's SFTTrainer: Whisper and the LLM frozen, the Q-Former connector trained
+(optionally LoRA on the LLM), labels on the response tokens only. Library: processing/sft_setup.py,
+processing/sft_collator.py. Guide: docs/training.md.
+
+# The release recipe (recipes/desta25_sft.yaml), fresh connector, data from build_dataset.py
+```bash
+accelerate launch --config_file recipes/accelerate/ddp.yaml train_sft.py \
+    --config recipes/desta25_sft.yaml \
+    --llm meta-llama/Llama-3.1-8B-Instruct --whisper openai/whisper-large-v3 \
+    --dataset_name out/ --audio_root /data/audio \
+    --output_dir desta25-sft
+```
+
+# Continue from a Desta checkpoint, LoRA on the LLM, DeSTA-AQA5M-style records from the Hub
+```bash
+python train_sft.py --model_name_or_path path/or/hub-id \
+    --dataset_name DeSTA-ntu/DeSTA-AQA5M --audio_root /data/aqa5m \
+    --use_peft --lora_r 16 --lora_alpha 32 \
+    --learning_rate 1e-4 --per_device_train_batch_size 12 --output_dir desta25-lora
+```
+
+# Scale out (each takes the same script arguments)
+```bash
+accelerate launch --config_file recipes/accelerate/ddp.yaml             train_sft.py --config recipes/desta25_sft.yaml ...
+accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml train_sft.py --config recipes/desta25_sft.yaml ...
+accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml train_sft.py --config recipes/desta25_sft.yaml ...
+accelerate launch --config_file recipes/accelerate/fsdp.yaml            train_sft.py --config recipes/desta25_sft.yaml ...
+accelerate launch --cpu --num_processes 2 train_sft.py ... --bf16 false --gradient_checkpointing false   # CPU smoke test
+```
+
+Resume: add `--resume_from_checkpoint true` (latest in --output_dir) or `--resume_from_checkpoint DIR/checkpoint-N`.
+On CPU pass `--bf16 false` (TRL defaults to bf16 and activation checkpointing).
+"""
+
+import logging
+
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from processing import sft_setup
+
+logger = logging.getLogger("train_sft")
+
+
+def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    model, processor = sft_setup.load_model_and_processor(script_args, model_args)
+    sft_setup.freeze_for_sft(model)
+
+    dataset = sft_setup.load_sft_dataset(script_args)
+    train_dataset = dataset[script_args.dataset_train_split]
+    eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
+
+    trainer = sft_setup.build_trainer(
+        model,
+        processor,
+        training_args,
+        script_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=sft_setup.lora_config(model_args),
+        card_info=sft_setup.card_info_from_args(script_args, model_args, training_args),
+    )
+    logger.info("trainable parameters: %d", sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
+
+    trainer.train(resume_from_checkpoint=sft_setup.resume_target(training_args.resume_from_checkpoint))
+    output_dir = sft_setup.save_final_model(trainer)
+    logger.info("model saved to %s", output_dir)
+
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        logger.info("model pushed to https://huggingface.co/%s", trainer.hub_model_id)
+    trainer.end()
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((sft_setup.DestaScriptArguments, SFTConfig, ModelConfig))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(*make_parser().parse_args_and_config())
