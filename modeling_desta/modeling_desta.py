@@ -217,20 +217,25 @@ class DestaModel(DestaPreTrainedModel):
                 f"input_features must have shape (num_windows, {encoder.config.num_mel_bins}, {expected_frames}) "
                 f"(one padded 30 s window per row), got {tuple(input_features.shape)}."
             )
-        input_features = input_features.to(encoder.conv1.weight.dtype)
-        hidden_states = F.gelu(encoder.conv1(input_features))
-        hidden_states = F.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
-        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
-        hidden_states = F.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
+        # A frozen encoder needs no graph, but `enable_input_require_grads` (run by activation checkpointing and
+        # PEFT) marks its conv output as requiring grad; without this, training would keep every encoder
+        # activation and backpropagate through all its layers for nothing.
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+        with torch.set_grad_enabled(needs_grad):
+            input_features = input_features.to(encoder.conv1.weight.dtype)
+            hidden_states = F.gelu(encoder.conv1(input_features))
+            hidden_states = F.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
+            hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+            hidden_states = F.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
 
-        tap_ids = self.config.audio_layer_ids
-        last_layer = len(encoder.layers) - 1 if output_last_hidden_state else tap_ids[-1]
-        taps = []
-        for index, layer in enumerate(encoder.layers[: last_layer + 1]):
-            hidden_states = layer(hidden_states, None)
-            if index in tap_ids:
-                taps.append(hidden_states)
-        last_hidden_state = encoder.layer_norm(hidden_states) if output_last_hidden_state else None
+            tap_ids = self.config.audio_layer_ids
+            last_layer = len(encoder.layers) - 1 if output_last_hidden_state else tap_ids[-1]
+            taps = []
+            for index, layer in enumerate(encoder.layers[: last_layer + 1]):
+                hidden_states = layer(hidden_states, None)
+                if index in tap_ids:
+                    taps.append(hidden_states)
+            last_hidden_state = encoder.layer_norm(hidden_states) if output_last_hidden_state else None
         return taps, last_hidden_state
 
     def get_audio_features(
