@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import ScriptArguments, SFTConfig, SFTTrainer
 
 from modeling_desta import DestaForConditionalGeneration
@@ -249,6 +250,29 @@ class DestaSFTTrainer(SFTTrainer):
         write_model_card(self.args.output_dir, self.model.config, info)
 
 
+class NoCheckpointingInFrozenAudioTower(TrainerCallback):
+    """Turns activation checkpointing off in a fully frozen Whisper once the Trainer has turned it on everywhere.
+
+    The encoder sits upstream of everything trainable, so no gradient ever flows through it and checkpointing it
+    saves no memory; it only costs time (about one more encoder pass per step at Whisper tiny.en shapes on CPU,
+    see benchmarks/bench_train.py). The LLM and Q-Former layers keep it: gradients flow back through them.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        tower = _desta_model(model).model.audio_tower
+        if not any(parameter.requires_grad for parameter in tower.parameters()):
+            for module in tower.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = False
+
+
+def _desta_model(model):
+    """The DestaForConditionalGeneration inside PEFT / DDP wrappers."""
+    while not isinstance(model, DestaForConditionalGeneration):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
+    return model
+
+
 def prepare_training_args(training_args: SFTConfig) -> int | None:
     """Set what TRL needs for an audio collator; returns the `max_length` the collator enforces instead.
 
@@ -292,7 +316,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[NoCheckpointingInFrozenAudioTower(), *(callbacks or [])],
         card_info=card_info,
     )
 

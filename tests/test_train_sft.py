@@ -399,6 +399,24 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
     assert moved and all(name.startswith("model.connector.") for name in moved), sorted(moved)[:5]
 
 
+def test_frozen_whisper_builds_no_graph_under_activation_checkpointing(llm_dir, whisper_dir, audio_dir):
+    """Checkpointing (and PEFT) hook every input embedding to require grad, Whisper's conv1 included; a frozen
+    encoder must still run without autograd, or each step would backpropagate through all of Whisper."""
+    from processing.sft_setup import freeze_for_sft
+
+    model, processor = small_model(llm_dir, whisper_dir)
+    freeze_for_sft(model).train()
+    model.activation_checkpointing_enable()
+    batch = DestaSFTCollator(processor, audio_root=audio_dir)([record("r", "hello.wav", "Hello.")])
+    taps, _ = model.model.encode_audio(batch["input_features"])
+    assert not any(tap.requires_grad for tap in taps)
+    model(**batch).loss.backward()
+    assert all(p.grad is not None for p in model.model.connector.parameters())
+    model.model.audio_tower.model.encoder.layers[0].fc1.weight.requires_grad_(True)  # e.g. an adapter on Whisper
+    taps, _ = model.model.encode_audio(batch["input_features"])
+    assert all(tap.requires_grad for tap in taps)
+
+
 # ----------------------------------------------------------------------------- LoRA, resume
 
 
