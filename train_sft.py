@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 # /// script
 # requires-python = ">=3.10"
 # dependencies = [
@@ -41,11 +42,12 @@ accelerate launch --config_file recipes/accelerate/ddp.yaml             train_sf
 accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml train_sft.py --config recipes/desta25_sft.yaml ...
 accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml train_sft.py --config recipes/desta25_sft.yaml ...
 accelerate launch --config_file recipes/accelerate/fsdp.yaml            train_sft.py --config recipes/desta25_sft.yaml ...
-accelerate launch --cpu --num_processes 2 train_sft.py ... --bf16 false --gradient_checkpointing false   # CPU smoke test
+accelerate launch --multi_gpu --num_processes 2 train_sft.py --use_cpu true --bf16 false ...           # 2 CPU processes (gloo)
 ```
 
 Resume: add `--resume_from_checkpoint true` (latest in --output_dir) or `--resume_from_checkpoint DIR/checkpoint-N`.
-On CPU pass `--bf16 false` (TRL defaults to bf16 and activation checkpointing).
+On CPU pass `--bf16 false` (TRL defaults to bf16 and activation checkpointing). `accelerate launch --cpu
+--num_processes 2` starts a single process (accelerate's simple launcher ignores the count without MPI).
 """
 
 import logging

@@ -33,7 +33,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the imports below need these
 
 import tiny_assets
-from transformers import LlamaConfig, TrainerCallback, WhisperConfig, WhisperFeatureExtractor
+from transformers import (
+    LlamaConfig,
+    TrainerCallback,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
 
 from modeling_desta import DestaConfig, DestaForConditionalGeneration
 from processing import DestaProcessor

@@ -308,4 +308,4 @@ class DestaSFTCollator:
         return batch
 
 
-__all__ = ["BadRecordError", "DestaSFTCollator", "IGNORE_INDEX", "SFTExample", "normalize_record"]
+__all__ = ["IGNORE_INDEX", "BadRecordError", "DestaSFTCollator", "SFTExample", "normalize_record"]

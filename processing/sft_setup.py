@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 from trl import ScriptArguments, SFTConfig, SFTTrainer
 
 from modeling_desta import DestaForConditionalGeneration
@@ -250,29 +249,6 @@ class DestaSFTTrainer(SFTTrainer):
         write_model_card(self.args.output_dir, self.model.config, info)
 
 
-class NoCheckpointingInFrozenAudioTower(TrainerCallback):
-    """Turns activation checkpointing off in a fully frozen Whisper once the Trainer has turned it on everywhere.
-
-    The encoder sits upstream of everything trainable, so no gradient ever flows through it and checkpointing it
-    saves no memory; it only costs time (about one more encoder pass per step at Whisper tiny.en shapes on CPU,
-    see benchmarks/bench_train.py). The LLM and Q-Former layers keep it: gradients flow back through them.
-    """
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        tower = _desta_model(model).model.audio_tower
-        if not any(parameter.requires_grad for parameter in tower.parameters()):
-            for module in tower.modules():
-                if hasattr(module, "gradient_checkpointing"):
-                    module.gradient_checkpointing = False
-
-
-def _desta_model(model):
-    """The DestaForConditionalGeneration inside PEFT / DDP wrappers."""
-    while not isinstance(model, DestaForConditionalGeneration):
-        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
-    return model
-
-
 def prepare_training_args(training_args: SFTConfig) -> int | None:
     """Set what TRL needs for an audio collator; returns the `max_length` the collator enforces instead.
 
@@ -316,7 +292,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[NoCheckpointingInFrozenAudioTower(), *(callbacks or [])],
+        callbacks=callbacks,
         card_info=card_info,
     )
 
@@ -330,17 +306,22 @@ def resume_target(value: str | bool | None) -> str | bool | None:
     return value
 
 
-def save_final_model(trainer: DestaSFTTrainer, output_dir: str | os.PathLike | None = None) -> Path:
-    """Save a folder that loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)` alone.
+def save_final_model(trainer: DestaSFTTrainer) -> Path:
+    """Save `--output_dir` so that it loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)` alone.
 
     With LoRA the adapter (and the trained connector) is kept in `OUTPUT/lora_adapter`, then merged into the
-    LLM so the main folder holds plain model weights, the remote code, processor, generation config and card.
+    LLM so the main folder holds plain weights. The merge needs whole weights on each process (DDP, ZeRO-2);
+    under ZeRO-3 or FSDP merge the saved adapter afterwards.
     """
-    output_dir = Path(output_dir or trainer.args.output_dir)
+    output_dir = Path(trainer.args.output_dir)
     if _is_peft_model(trainer.model):
         trainer.save_model(str(output_dir / "lora_adapter"))
         trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-    trainer.save_model(str(output_dir))
+        if trainer.args.should_save:
+            trainer.model.save_pretrained(output_dir)
+            trainer.processing_class.save_pretrained(output_dir)
+    else:
+        trainer.save_model(str(output_dir))
     trainer.create_model_card()
     skipped = getattr(trainer.data_collator, "skipped", None)
     if skipped:
@@ -439,8 +420,10 @@ def minimal_model_card(info: dict[str, Any]) -> str:
         "",
         "# DeSTA2.5-Audio fine-tune",
         "",
-        "A DeSTA2.5-Audio model (Whisper encoder + Q-Former connector + LLM) fine-tuned with `train_sft.py` "
-        "(TRL `SFTTrainer`) on self-generated audio instruction data.",
+        (
+            "A DeSTA2.5-Audio model (Whisper encoder + Q-Former connector + LLM) fine-tuned with `train_sft.py` "
+            "(TRL `SFTTrainer`) on self-generated audio instruction data."
+        ),
         "",
         "| | |",
         "| --- | --- |",
