@@ -5,7 +5,7 @@ Runs the real training path (processing/sft_setup.py: collator -> TRL SFTTrainer
 AdamW on the connector) for a model built from configs (random weights, no download) sized for a CPU:
 Whisper with tiny.en's shapes (d_model 384, 4 encoder layers, 80 mel bins), a Llama (hidden 512, 8 layers,
 8 heads, 2 KV heads, the tests' tiny tokenizer), a 2-layer Q-Former with 64 queries. Each clip is a 5 s tone with
-a 20-word transcript; each response is about 60 tokens, so a sequence is about 170 tokens.
+a 20-word transcript and a response of about 60 words: about 240 tokens a sequence.
 
 Each variant runs in its own process so that peak memory is its own: on CPU the peak resident set size and
 its rise over the state before training (`ru_maxrss`), on CUDA `torch.cuda.max_memory_allocated` per step.
