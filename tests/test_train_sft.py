@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -88,10 +90,24 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 
 
 def run(command: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run in a new session so that, on a timeout, every process it started (e.g. DDP ranks) is killed too."""
     env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"timed out after {timeout} s:\n{stdout[-3000:]}{stderr[-6000:]}") from None
+    assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def free_port() -> int:
+    """A port nobody listens on, so a stray run elsewhere cannot capture this run's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- collator
@@ -524,13 +540,14 @@ def ddp_run(tmp_path_factory, llm_dir, whisper_dir, audio_dir) -> Path:
     output = work / "out"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--main_process_port", str(free_port()),
         "--mixed_precision", "no", "--dynamo_backend", "no", "train_sft.py", "--use_cpu", "true",
         "--llm", str(llm_dir), "--whisper", str(whisper_dir), *SMALL_CONNECTOR,
         "--dataset_name", str(work / "data"), "--audio_root", str(audio_dir),
         "--output_dir", str(output), "--max_steps", "2", "--per_device_train_batch_size", "2",
         "--save_steps", "2", "--logging_steps", "1", *CPU_TRAINING,
     ]  # fmt: skip
-    run(command, cwd=REPO_ROOT, timeout=400)
+    run(command, cwd=REPO_ROOT, timeout=180)
     return output
 
 
