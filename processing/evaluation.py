@@ -205,11 +205,15 @@ def results_markdown(results: dict) -> str:
 
 def write_results(results: dict, output_dir: str | os.PathLike) -> tuple[Path, Path]:
     """`results.json` and `results.md` in `output_dir`."""
+    return _write_report(results, results_markdown(results), output_dir, RESULTS_JSON, RESULTS_MARKDOWN)
+
+
+def _write_report(report: dict, markdown: str, output_dir, json_name: str, markdown_name: str) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = output_dir / RESULTS_JSON, output_dir / RESULTS_MARKDOWN
-    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    markdown_path.write_text(results_markdown(results))
+    json_path, markdown_path = output_dir / json_name, output_dir / markdown_name
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    markdown_path.write_text(markdown)
     return json_path, markdown_path
 
 
@@ -858,12 +862,8 @@ def retention_markdown(report: dict) -> str:
 
 
 def write_retention(report: dict, output_dir: str | os.PathLike) -> tuple[Path, Path]:
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = output_dir / RETENTION_JSON, output_dir / RETENTION_MARKDOWN
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    markdown_path.write_text(retention_markdown(report))
-    return json_path, markdown_path
+    """`retention.json` and its Markdown table in `output_dir`."""
+    return _write_report(report, retention_markdown(report), output_dir, RETENTION_JSON, RETENTION_MARKDOWN)
 
 
 def load_model_and_tokenizer(model_id: str | os.PathLike, device: str = "auto", dtype: str = "auto"):

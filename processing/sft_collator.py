@@ -123,9 +123,13 @@ def _clean_item(item: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in item.items() if value is not None}
 
 
-def normalize_audio_item(item: dict[str, Any], audio_root, record_audio: _RecordAudio) -> dict[str, Any]:
+def normalize_audio_item(
+    item: dict[str, Any], audio_root, record_audio: _RecordAudio, source_keys=AUDIO_SOURCE_KEYS
+) -> dict[str, Any]:
+    """A content item (or, with `source_keys=("audio", "path")`, a reference `audios` entry) with its audio
+    resolved: taken from the record when the item names none, relative paths joined to `audio_root`."""
     item = _clean_item(item)
-    if not _has_source(item, AUDIO_SOURCE_KEYS):
+    if not _has_source(item, source_keys):
         item["audio"] = record_audio.next()
     for key in ("path", "audio"):
         if key in item:
@@ -133,22 +137,12 @@ def normalize_audio_item(item: dict[str, Any], audio_root, record_audio: _Record
     return item
 
 
-def normalize_reference_entry(entry: dict[str, Any], audio_root, record_audio: _RecordAudio) -> dict[str, Any]:
-    entry = _clean_item(entry)
-    if not _has_source(entry, ("audio", "path")):
-        entry["audio"] = record_audio.next()
-    for key in ("audio", "path"):
-        if key in entry:
-            entry[key] = resolve_path(entry[key], audio_root)
-    return entry
-
-
 def normalize_message(message: dict[str, Any], audio_root, record_audio: _RecordAudio) -> dict[str, Any]:
     content = message["content"]
     if isinstance(content, str):
         normalized = {"role": message["role"], "content": content}
         if message.get("audios"):
-            normalized["audios"] = [normalize_reference_entry(e, audio_root, record_audio) for e in message["audios"]]
+            normalized["audios"] = [normalize_audio_item(e, audio_root, record_audio, ("audio", "path")) for e in message["audios"]]
         return normalized
     items = []
     for item in content:
