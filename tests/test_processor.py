@@ -166,3 +166,23 @@ def test_empty_transcript_stand_in(tiny_parts, audio_dir):
     space = processor.tokenizer(" ", add_special_tokens=False).input_ids
     last_placeholder = max(i for i, t in enumerate(ours) if t == processor.audio_token_id)
     assert release == ours[: last_placeholder + 1] + space + ours[last_placeholder + 1 :]
+
+
+def test_audio_from_a_url(audio_dir, tiny_parts):
+    """URLs are fetched (here from a server on loopback) and decoded like the file itself."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(audio_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hello.wav"
+        np.testing.assert_array_equal(load_audio(url), load_audio(audio_dir / "hello.wav"))
+        _, processor = tiny_parts
+        by_url = processor.apply_chat_template(_user([{"type": "audio", "url": url}]))
+        by_path = processor.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "hello.wav")}]))
+        assert torch.equal(by_url["input_features"], by_path["input_features"])
+    finally:
+        server.shutdown()
