@@ -186,3 +186,21 @@ def test_audio_from_a_url(audio_dir, tiny_parts):
         assert torch.equal(by_url["input_features"], by_path["input_features"])
     finally:
         server.shutdown()
+
+
+def test_soundfile_fallback_when_torchcodec_is_missing(audio_dir, monkeypatch):
+    from processing import audio_io
+
+    with_torchcodec = load_audio(audio_dir / "stereo_44k.wav")
+
+    def missing(*_):
+        raise ImportError("No module named 'torchcodec'")
+
+    monkeypatch.setattr(audio_io, "_decode_with_torchcodec", missing)
+    with_soundfile = load_audio(audio_dir / "stereo_44k.wav")
+    assert abs(len(with_soundfile) - len(with_torchcodec)) <= 2
+    n = min(len(with_soundfile), len(with_torchcodec))
+    # The resamplers (ffmpeg's vs soxr) differ only in their edge handling.
+    np.testing.assert_allclose(with_soundfile[100 : n - 100], with_torchcodec[100 : n - 100], atol=1e-4)
+    with pytest.raises(AudioDecodeError, match="_decode_with_torchcodec: not installed"):
+        load_audio(audio_dir / "corrupt.wav")
