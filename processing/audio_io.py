@@ -99,13 +99,13 @@ def _load_from_path_or_url(path: str, sampling_rate: int) -> np.ndarray:
 
 def _decode_bytes(data: bytes, sampling_rate: int, name: str) -> np.ndarray:
     errors = []
-    for decoder in (_decode_with_torchcodec, _decode_with_soundfile):
+    for backend, decoder in (("torchcodec", _decode_with_torchcodec), ("soundfile", _decode_with_soundfile)):
         try:
             return decoder(data, sampling_rate)
         except ImportError as error:
-            errors.append(f"{decoder.__name__}: not installed ({error})")
+            errors.append(f"{backend}: not installed ({error})")
         except Exception as error:  # each backend raises its own types for undecodable input
-            errors.append(f"{decoder.__name__}: {error}")
+            errors.append(f"{backend}: {error}")
     raise AudioDecodeError(f"could not decode audio from {name}: " + "; ".join(errors))
 
 
