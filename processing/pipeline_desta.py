@@ -72,7 +72,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
         return preprocess_params, forward_params, {}
 
     def __call__(self, inputs, batch_size: int | None = None, **kwargs):
-        single = not isinstance(inputs, (list, tuple)) or _is_conversation(inputs)
+        single = _is_single_input(inputs)
         items = [inputs] if single else list(inputs)
         batch_size = batch_size or self._batch_size or 1
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
@@ -186,6 +186,17 @@ def _merge_forward_params(defaults: dict, call: dict) -> dict:
     return merged
 
 
+def _is_single_input(inputs) -> bool:
+    """One chat or one clip; anything else iterable (a list, a generator, a `datasets` column) is a batch."""
+    if _is_conversation(inputs) or _is_audio_value(inputs):
+        return True
+    return not hasattr(inputs, "__iter__")
+
+
+def _is_audio_value(value) -> bool:
+    return isinstance(value, (str, bytes, dict, np.ndarray, torch.Tensor)) or hasattr(value, "__fspath__") or hasattr(value, "get_all_samples")
+
+
 def _is_conversation(inputs) -> bool:
     return isinstance(inputs, (list, tuple)) and bool(inputs) and isinstance(inputs[0], dict) and "role" in inputs[0]
 
@@ -200,10 +211,12 @@ def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | Non
         item = {"type": "audio", "array": audio, "sampling_rate": 16000}
     elif isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         item = {"type": "audio", "path": audio}
+    elif hasattr(audio, "get_all_samples"):
+        item = {"type": "audio", "audio": audio}
     else:
         raise ValueError(
             f"Cannot read {type(audio).__name__} as audio: pass a path, URL, bytes, a 16 kHz array, "
-            "an {'array', 'sampling_rate'} dict, or a chat with audio items."
+            "an {'array', 'sampling_rate'} dict, a datasets Audio value, or a chat with audio items."
         )
     content = [item] + ([{"type": "text", "text": prompt}] if prompt else [])
     return [

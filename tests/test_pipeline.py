@@ -272,3 +272,16 @@ def test_transcribe_on_shared_states_equals_whispers_own_generate(pipe, clips):
     assert torch.equal(ours, whisper_alone)
     texts = processor.asr_tokenizer.batch_decode(ours, skip_special_tokens=True)
     assert SPOKEN in texts[0].lower() and "good morning" in texts[1].lower()
+
+
+def test_datasets_audio_column_and_generators_are_batches(pipe, clips):
+    import datasets
+
+    paths = [str(clips["door"]), str(clips["morning"])]
+    dataset = datasets.Dataset.from_dict({"audio": paths}).cast_column("audio", datasets.Audio(sampling_rate=16000))
+    from_column = pipe(dataset["audio"], prompt="What?", max_new_tokens=2, batch_size=2)
+    from_generator = pipe((p for p in paths), prompt="What?", max_new_tokens=2, batch_size=2)
+    assert from_column == from_generator == pipe(paths, prompt="What?", max_new_tokens=2, batch_size=2)
+    assert SPOKEN in from_column[0]["transcripts"][0].lower()
+    with pytest.raises(ValueError, match="Cannot read int as audio"):
+        pipe(3, prompt="What?")
