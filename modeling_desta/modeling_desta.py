@@ -165,7 +165,8 @@ class DestaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["DestaQFormerLayer", "WhisperEncoderLayer", "WhisperDecoderLayer", "LlamaDecoderLayer"]
+    # The audio tower's and the LLM's own `_no_split_modules` are collected from them by `post_init`.
+    _no_split_modules = ["DestaQFormerLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True

@@ -239,3 +239,31 @@ def test_connector_parameter_count_matches_release_shape():
         connector = DestaConnector(config)
     count = sum(p.numel() for p in connector.parameters())
     assert 131e6 < count < 132e6, count
+
+
+def test_any_causal_lm_backbone(tmp_path, tokenizer_dir, whisper_dir, audio_dir):
+    """A Qwen2 backbone works like Llama: text-only logits equal the base LM's, audio is spliced in."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from processing import DestaProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(
+        Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    ).eval()
+    qwen.save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+    processor = DestaProcessor.from_components(tmp_path / "qwen", whisper_dir, num_audio_queries=4)
+    model = DestaForConditionalGeneration.from_components(
+        tmp_path / "qwen", whisper_dir, audio_token_id=processor.audio_token_id, num_audio_queries=4, qformer_num_hidden_layers=1
+    ).eval()
+    assert "Qwen2DecoderLayer" in model._no_split_modules
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as in the source
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hello"}]}])
+    with torch.no_grad():
+        assert torch.equal(model(**text).logits, qwen(**text).logits)
+        with_audio = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "audio", "path": str(audio_dir / "tone.wav")}, {"type": "text", "text": "Hi"}]}]
+        )
+        assert model.generate(**with_audio, max_new_tokens=3, do_sample=False).shape[1] == with_audio["input_ids"].shape[1] + 3
