@@ -49,7 +49,7 @@ def build(work: Path):
         WhisperFeatureExtractor(feature_size=80).save_pretrained(whisper_dir)
     processor = DestaProcessor.from_components(work / "llm", whisper_dir)
     model = DestaForConditionalGeneration.from_components(
-        work / "llm", whisper_dir, audio_token_id=processor.audio_token_id, qformer_num_hidden_layers=2, qformer_intermediate_size=1536
+        work / "llm", whisper_dir, processor=processor, qformer_num_hidden_layers=2, qformer_intermediate_size=1536
     ).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     clips = []

@@ -195,8 +195,7 @@ def build_model(llm_dir: Path, whisper_dir: Path, reference: dict, processor: De
     model = DestaForConditionalGeneration.from_components(
         llm_dir,
         whisper_dir,
-        audio_token_id=processor.audio_token_id,
-        vocab_size=len(processor.tokenizer),
+        processor=processor,
         dtype=dtype,
         audio_layer_ids=reference_audio_layer_ids(whisper_config.encoder_layers),
         num_audio_queries=int(reference["prompt_size"]),

@@ -462,6 +462,7 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         cls,
         llm: str | os.PathLike | PreTrainedModel,
         whisper: str | os.PathLike | PreTrainedModel,
+        processor=None,
         audio_token_id: int | None = None,
         vocab_size: int | None = None,
         dtype: torch.dtype | str | None = None,
@@ -470,9 +471,14 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         """A fresh DeSTA model from a pretrained causal LM and a pretrained Whisper (ids, folders or models).
 
         The LLM and Whisper weights are copied as they are; the connector is freshly initialised. Pass the
-        `audio_token_id` (and the tokenizer's length as `vocab_size`, when it grew) that
-        `DestaProcessor.from_components` chose; embeddings are resized only if `vocab_size` exceeds them.
+        `processor` made by `DestaProcessor.from_components(llm, whisper)`: its audio token id, tokenizer length
+        and `num_audio_queries` are taken from it (or give `audio_token_id` / `vocab_size` yourself).
+        Embeddings are resized only if the tokenizer outgrew them.
         """
+        if processor is not None:
+            audio_token_id = processor.audio_token_id if audio_token_id is None else audio_token_id
+            vocab_size = len(processor.tokenizer) if vocab_size is None else vocab_size
+            config_overrides.setdefault("num_audio_queries", processor.num_audio_queries)
         llm_model = llm if isinstance(llm, PreTrainedModel) else AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
         whisper_model = (
             whisper

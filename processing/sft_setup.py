@@ -93,8 +93,7 @@ def load_model_and_processor(script_args: DestaScriptArguments, model_args) -> t
         model = DestaForConditionalGeneration.from_components(
             script_args.llm,
             script_args.whisper,
-            audio_token_id=processor.audio_token_id,
-            vocab_size=len(processor.tokenizer),
+            processor=processor,
             dtype=dtype,
             **connector_overrides(script_args),
         )

@@ -69,8 +69,7 @@ def tiny_parts(llm_dir, whisper_dir):
     model = DestaForConditionalGeneration.from_components(
         llm_dir,
         whisper_dir,
-        audio_token_id=processor.audio_token_id,
-        vocab_size=len(processor.tokenizer),
+        processor=processor,
         num_audio_queries=8,
         qformer_num_hidden_layers=2,
         qformer_intermediate_size=128,

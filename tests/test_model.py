@@ -218,8 +218,7 @@ def test_from_components_adds_audio_token_and_resizes_only_then(tmp_path, llm_di
     model = DestaForConditionalGeneration.from_components(
         llm_dir,
         whisper_dir,
-        audio_token_id=processor.audio_token_id,
-        vocab_size=len(processor.tokenizer),
+        processor=processor,
         num_audio_queries=4,
         qformer_num_hidden_layers=1,
     )
@@ -256,13 +255,15 @@ def test_any_causal_lm_backbone(tmp_path, tokenizer_dir, whisper_dir, audio_dir)
     tokenizer.save_pretrained(tmp_path / "qwen")
     processor = DestaProcessor.from_components(tmp_path / "qwen", whisper_dir, num_audio_queries=4)
     model = DestaForConditionalGeneration.from_components(
-        tmp_path / "qwen", whisper_dir, audio_token_id=processor.audio_token_id, num_audio_queries=4, qformer_num_hidden_layers=1
+        tmp_path / "qwen", whisper_dir, processor=processor, qformer_num_hidden_layers=1
     ).eval()
     assert "Qwen2DecoderLayer" in model._no_split_modules
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as in the source
+    # Loaded for a Qwen2 config, the tokenizer gains Qwen's default `<|endoftext|>`, so embeddings grow by one.
+    assert len(processor.tokenizer) == len(tokenizer) + 1 == model.config.text_config.vocab_size
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hello"}]}])
     with torch.no_grad():
-        assert torch.equal(model(**text).logits, qwen(**text).logits)
+        assert torch.equal(model(**text).logits[..., : len(tokenizer)], qwen(**text).logits)
         with_audio = processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "audio", "path": str(audio_dir / "tone.wav")}, {"type": "text", "text": "Hi"}]}]
         )

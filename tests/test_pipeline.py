@@ -24,8 +24,7 @@ def asr_model_dir(tmp_path_factory, llm_dir, real_whisper_dir):
     model = DestaForConditionalGeneration.from_components(
         llm_dir,
         real_whisper_dir,
-        audio_token_id=processor.audio_token_id,
-        vocab_size=len(processor.tokenizer),
+        processor=processor,
         num_audio_queries=8,
         qformer_num_hidden_layers=1,
         qformer_intermediate_size=64,

@@ -70,8 +70,7 @@ def small_model(llm_dir, whisper_dir, **overrides):
     model = DestaForConditionalGeneration.from_components(
         llm_dir,
         whisper_dir,
-        audio_token_id=processor.audio_token_id,
-        vocab_size=len(processor.tokenizer),
+        processor=processor,
         num_audio_queries=4,
         qformer_num_hidden_layers=1,
         qformer_intermediate_size=64,
@@ -389,8 +388,7 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
     model = DestaForConditionalGeneration.from_components(
         describing_llm_dir,
         real_whisper_dir,
-        audio_token_id=processor.audio_token_id,
-        vocab_size=len(processor.tokenizer),
+        processor=processor,
         num_audio_queries=16,
         qformer_num_hidden_layers=1,
         qformer_intermediate_size=256,
