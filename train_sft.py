@@ -87,6 +87,7 @@ def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, 
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         logger.info("model pushed to https://huggingface.co/%s", trainer.hub_model_id)
     trainer.end()
+    sft_setup.leave_distributed_run()
 
 
 def make_parser() -> TrlParser:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -89,17 +90,23 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 
 
 def run(command: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run in a new session so that, on a timeout, every process it started (e.g. DDP ranks) is killed too."""
+    """Run in a new session; on a timeout kill every process it started (e.g. DDP ranks) and fail.
+
+    Output goes to files, not pipes, so that a stray grandchild holding them cannot block the test.
+    """
     env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"timed out after {timeout} s:\n{stdout[-3000:]}{stderr[-6000:]}") from None
-    assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
+    assert process.returncode == 0, f"exit {process.returncode} (timeout {timeout} s):\n{out[-3000:]}{err[-6000:]}"
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def free_port() -> int:
