@@ -198,7 +198,6 @@ def build_model(llm_dir: Path, whisper_dir: Path, reference: dict, processor: De
         processor=processor,
         dtype=dtype,
         audio_layer_ids=reference_audio_layer_ids(whisper_config.encoder_layers),
-        num_audio_queries=int(reference["prompt_size"]),
         qformer_num_hidden_layers=int(reference["qformer_num_hidden_layers"]),
         qformer_num_attention_heads=whisper_config.encoder_attention_heads,
         **REFERENCE_QFORMER_SETTINGS,

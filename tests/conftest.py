@@ -70,7 +70,6 @@ def tiny_parts(llm_dir, whisper_dir):
         llm_dir,
         whisper_dir,
         processor=processor,
-        num_audio_queries=8,
         qformer_num_hidden_layers=2,
         qformer_intermediate_size=128,
     ).eval()

@@ -219,7 +219,6 @@ def test_from_components_adds_audio_token_and_resizes_only_then(tmp_path, llm_di
         llm_dir,
         whisper_dir,
         processor=processor,
-        num_audio_queries=4,
         qformer_num_hidden_layers=1,
     )
     llm = AutoModelForCausalLM.from_pretrained(llm_dir)

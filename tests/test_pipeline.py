@@ -25,7 +25,6 @@ def asr_model_dir(tmp_path_factory, llm_dir, real_whisper_dir):
         llm_dir,
         real_whisper_dir,
         processor=processor,
-        num_audio_queries=8,
         qformer_num_hidden_layers=1,
         qformer_intermediate_size=64,
     )
