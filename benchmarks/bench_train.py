@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput and peak memory per step, with and without activation checkpointing.
 
-Runs the real training path (processing/sft_setup.py: collator -> TRL SFTTrainer with its fused LM head ->
+Runs the real training path (desta_audio.training: collator -> TRL SFTTrainer with its fused LM head ->
 AdamW on the connector) for a model built from configs (random weights, no download) sized for a CPU:
 Whisper with tiny.en's shapes (d_model 384, 4 encoder layers, 80 mel bins), a Llama (hidden 512, 8 layers,
 8 heads, 2 KV heads, the tests' tiny tokenizer), a 2-layer Q-Former with 64 queries. Each clip is a 5 s tone with
@@ -28,11 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # the imports below need these
-
-import tiny_assets
 from transformers import (
     LlamaConfig,
     TrainerCallback,
@@ -40,9 +35,13 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from desta_audio import testing as tiny_assets
+from desta_audio.training.setup import DestaScriptArguments, build_trainer, freeze_for_sft
 from modeling_desta import DestaConfig, DestaForConditionalGeneration
 from processing import DestaProcessor
-from processing.sft_setup import DestaScriptArguments, build_trainer, freeze_for_sft
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 TRANSCRIPT = " ".join(["the quick brown fox jumps over the lazy dog"] * 2) + " twice"
 RESPONSE = " ".join(["The clip holds a steady tone at one pitch, with no speech and no music."] * 4)
@@ -76,7 +75,13 @@ def records(count: int) -> list[dict]:
         {
             "id": str(i),
             "messages": [
-                {"role": "user", "content": [{"type": "audio", **clip, "transcript": TRANSCRIPT}, {"type": "text", "text": "Describe the audio."}]}
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio", **clip, "transcript": TRANSCRIPT},
+                        {"type": "text", "text": "Describe the audio."},
+                    ],
+                }
             ],
             "response": RESPONSE,
         }
@@ -144,7 +149,12 @@ def run_variant(args) -> dict:
     checkpointing = args.variant == "on"
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     tokenizer = tiny_assets.build_tokenizer()
-    processor = DestaProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer, audio_token=tiny_assets.AUDIO_TOKEN, num_audio_queries=args.queries)
+    processor = DestaProcessor(
+        WhisperFeatureExtractor(feature_size=80),
+        tokenizer,
+        audio_token=tiny_assets.AUDIO_TOKEN,
+        num_audio_queries=args.queries,
+    )
     model = build_model(args, tokenizer).to(args.device)
     training_args = SFTConfig(
         output_dir=str(work), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
@@ -190,7 +200,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=64, help="connector vectors per 30 s window")
     parser.add_argument("--qformer-layers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--variant", choices=["on", "off"], help=argparse.SUPPRESS)  # internal: one variant, in this process
+    parser.add_argument(
+        "--variant", choices=["on", "off"], help=argparse.SUPPRESS
+    )  # internal: one variant, in this process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -199,7 +211,9 @@ def main() -> None:
         return
     results = []
     for variant in ("off", "on"):
-        output = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True, check=True)
+        output = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True, check=True
+        )
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
     report = {
         "benchmark": "train_step",
@@ -207,7 +221,12 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "measured_steps": args.steps,
-        "model": {"whisper": "tiny.en shapes (d 384, 4 layers)", "llm": f"llama hidden {args.llm_hidden}, {args.llm_layers} layers", "queries": args.queries, "qformer_layers": args.qformer_layers},
+        "model": {
+            "whisper": "tiny.en shapes (d 384, 4 layers)",
+            "llm": f"llama hidden {args.llm_hidden}, {args.llm_layers} layers",
+            "queries": args.queries,
+            "qformer_layers": args.qformer_layers,
+        },
         "results": results,
     }
     print(json.dumps(report, indent=2))

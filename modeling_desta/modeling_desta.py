@@ -26,137 +26,10 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.generation import LogitsProcessor, LogitsProcessorList
-from transformers.activations import ACT2FN
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 
 from .configuration_desta import DestaConfig
-
-
-class DestaQFormerAttention(nn.Module):
-    """Multi-head attention without any mask: query self-attention is bidirectional, cross-attention sees every frame."""
-
-    def __init__(self, config: DestaConfig):
-        super().__init__()
-        hidden_size = config.audio_config.d_model
-        self.num_heads = config.qformer_num_attention_heads
-        self.head_dim = hidden_size // self.num_heads
-        self.dropout = config.qformer_attention_dropout_prob
-        self.query = nn.Linear(hidden_size, hidden_size)
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, hidden_size)
-
-    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = states.shape
-        return states.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor) -> torch.Tensor:
-        query = self._split_heads(self.query(hidden_states))
-        key = self._split_heads(self.key(key_value_states))
-        value = self._split_heads(self.value(key_value_states))
-        context = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=self.dropout if self.training else 0.0, is_causal=False
-        )
-        batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-
-
-class DestaQFormerResidualOutput(nn.Module):
-    """Dense -> dropout -> add the residual -> LayerNorm (BERT's post-LN block)."""
-
-    def __init__(self, config: DestaConfig, input_size: int):
-        super().__init__()
-        hidden_size = config.audio_config.d_model
-        self.dense = nn.Linear(input_size, hidden_size)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=config.qformer_layer_norm_eps)
-        self.dropout = nn.Dropout(config.qformer_hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
-
-
-class DestaQFormerAttentionBlock(nn.Module):
-    def __init__(self, config: DestaConfig):
-        super().__init__()
-        self.self = DestaQFormerAttention(config)
-        self.output = DestaQFormerResidualOutput(config, config.audio_config.d_model)
-
-    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden_states, key_value_states), hidden_states)
-
-
-class DestaQFormerIntermediate(nn.Module):
-    def __init__(self, config: DestaConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.audio_config.d_model, config.qformer_intermediate_size)
-        self.act = ACT2FN[config.qformer_hidden_act]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(hidden_states))
-
-
-class DestaQFormerLayer(GradientCheckpointingLayer):
-    """Query self-attention -> cross-attention to the audio states -> feed-forward, each post-LN."""
-
-    def __init__(self, config: DestaConfig):
-        super().__init__()
-        self.attention = DestaQFormerAttentionBlock(config)
-        self.crossattention = DestaQFormerAttentionBlock(config)
-        self.intermediate = DestaQFormerIntermediate(config)
-        self.output = DestaQFormerResidualOutput(config, config.qformer_intermediate_size)
-
-    def forward(self, queries: torch.Tensor, audio_states: torch.Tensor) -> torch.Tensor:
-        queries = self.attention(queries, queries)
-        queries = self.crossattention(queries, audio_states)
-        return self.output(self.intermediate(queries), queries)
-
-
-class DestaQFormer(nn.Module):
-    def __init__(self, config: DestaConfig):
-        super().__init__()
-        self.layer = nn.ModuleList(DestaQFormerLayer(config) for _ in range(config.qformer_num_hidden_layers))
-
-    def forward(self, queries: torch.Tensor, audio_states: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            queries = layer(queries, audio_states)
-        return queries
-
-
-class DestaConnector(nn.Module):
-    """Turns the tapped Whisper states of each 30 s window into `num_audio_queries` LLM-sized vectors.
-
-    One learned query set per tap goes through the *shared* Q-Former against that tap's states; the
-    per-tap results are mixed with a separate softmax over taps for every query position; a LayerNorm and
-    a Linear map the mixture to the LLM's hidden size.
-    """
-
-    def __init__(self, config: DestaConfig):
-        super().__init__()
-        hidden_size = config.audio_config.d_model
-        num_taps = len(config.audio_layer_ids)
-        self.layer_prompts = nn.ParameterList(
-            nn.Parameter(torch.empty(1, config.num_audio_queries, hidden_size)) for _ in range(num_taps)
-        )
-        self.layer_weights = nn.Parameter(torch.zeros(config.num_audio_queries, num_taps))
-        self.qformer = DestaQFormer(config)
-        self.proj = nn.Sequential(
-            nn.LayerNorm(hidden_size, eps=config.projector_layer_norm_eps),
-            nn.Linear(hidden_size, config.text_config.hidden_size),
-        )
-
-    def mixing_weights(self) -> torch.Tensor:
-        """`(num_audio_queries, num_taps)`: each query's softmax over taps."""
-        return self.layer_weights.softmax(dim=-1)
-
-    def forward(self, tapped_states: list[torch.Tensor]) -> torch.Tensor:
-        batch = tapped_states[0].shape[0]
-        # All taps go through the shared Q-Former in one batched pass: (num_taps * batch, ...).
-        queries = torch.cat([prompt.expand(batch, -1, -1) for prompt in self.layer_prompts])
-        audio_states = torch.cat(tapped_states).to(queries.dtype)
-        per_tap = self.qformer(queries, audio_states).unflatten(0, (len(tapped_states), batch))
-        weights = self.mixing_weights().to(per_tap.dtype).transpose(0, 1)[:, None, :, None]
-        mixed = (per_tap * weights).sum(dim=0)
-        return self.proj(mixed)
+from .connector_desta import DestaConnector
 
 
 class DestaPreTrainedModel(PreTrainedModel):
@@ -286,7 +159,9 @@ class DestaModel(DestaPreTrainedModel):
             if input_ids is None:
                 raise ValueError("Audio inputs need input_ids to locate the audio placeholders.")
             mask = self.get_placeholder_mask(input_ids, audio_embeds).unsqueeze(-1).to(inputs_embeds.device)
-            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype))
+            inputs_embeds = inputs_embeds.masked_scatter(
+                mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            )
         elif input_ids is not None and _is_prefill(past_key_values):
             self._check_no_orphan_placeholders(input_ids)
 
@@ -393,7 +268,9 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -412,7 +289,10 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def transcribe(
-        self, input_features: torch.Tensor | None = None, encoder_last_hidden_state: torch.Tensor | None = None, **generate_kwargs
+        self,
+        input_features: torch.Tensor | None = None,
+        encoder_last_hidden_state: torch.Tensor | None = None,
+        **generate_kwargs,
     ) -> torch.LongTensor:
         """Whisper's own greedy transcription, as Whisper token ids (decode with the Whisper tokenizer).
 
@@ -429,7 +309,9 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         if suppressed and "suppress_tokens" not in generate_kwargs:
             generate_kwargs["suppress_tokens"] = None
             processors = generate_kwargs.pop("logits_processor", None) or LogitsProcessorList()
-            generate_kwargs["logits_processor"] = LogitsProcessorList([SuppressTokensOnce(suppressed, whisper.config.vocab_size), *processors])
+            generate_kwargs["logits_processor"] = LogitsProcessorList(
+                [SuppressTokensOnce(suppressed, whisper.config.vocab_size), *processors]
+            )
         encoder_outputs = BaseModelOutputWithPooling(last_hidden_state=encoder_last_hidden_state)
         num_windows, _, _ = encoder_last_hidden_state.shape
         placeholder_features = encoder_last_hidden_state.new_zeros(
@@ -452,9 +334,7 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
             dtype=torch.long,
             device=encoder_last_hidden_state.device,
         )
-        logits = whisper(
-            encoder_outputs=(encoder_last_hidden_state,), decoder_input_ids=start, use_cache=False
-        ).logits
+        logits = whisper(encoder_outputs=(encoder_last_hidden_state,), decoder_input_ids=start, use_cache=False).logits
         return logits[:, 0].float().softmax(dim=-1)[:, no_speech_token]
 
     @classmethod

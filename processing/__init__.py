@@ -1,4 +1,5 @@
-"""Processor, audio I/O and the inference pipeline of desta-audio."""
+"""Processor, audio I/O and the inference pipeline of desta-audio: the processor half of the remote-code set
+(see `modeling_desta/__init__.py`). Imports nothing of this project outside this folder."""
 
 from .audio_io import AudioDecodeError, load_audio
 from .pipeline_desta import DestaAudioTextToTextPipeline, register_pipeline

@@ -52,7 +52,9 @@ def _as_numpy(array) -> np.ndarray:
         array = array.detach().cpu().float().numpy()
     array = np.asarray(array, dtype=np.float32)
     if array.ndim not in (1, 2):
-        raise AudioDecodeError(f"audio arrays must be 1-D (samples) or 2-D (channels, samples); got shape {array.shape}.")
+        raise AudioDecodeError(
+            f"audio arrays must be 1-D (samples) or 2-D (channels, samples); got shape {array.shape}."
+        )
     return array
 
 
@@ -82,7 +84,9 @@ def _load_from_dict(source: dict, sampling_rate: int) -> np.ndarray:
         return _decode_bytes(source["bytes"], sampling_rate, source.get("path") or "audio bytes")
     if source.get("path"):
         return _load_from_path_or_url(source["path"], sampling_rate)
-    raise AudioDecodeError(f"an audio dict needs 'array' + 'sampling_rate', 'bytes' or 'path'; got keys {sorted(source)}.")
+    raise AudioDecodeError(
+        f"an audio dict needs 'array' + 'sampling_rate', 'bytes' or 'path'; got keys {sorted(source)}."
+    )
 
 
 def _load_from_path_or_url(path: str, sampling_rate: int) -> np.ndarray:

@@ -13,12 +13,17 @@ from transformers import GenerationConfig, Pipeline
 
 from .audio_io import audio_source
 
-SYSTEM_PROMPT = "Focus on the audio clips and instructions."
+# The reference's system prompt in its examples; the one default of every chat this project builds.
+DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
 DEFAULT_NO_SPEECH_THRESHOLD = 0.6
 DEFAULT_LOGPROB_THRESHOLD = -1.0
 SILENCE_RMS = 1e-4
 TASK = "audio-text-to-text"
-PIPELINE_SPEC = {"impl": "pipeline_desta.DestaAudioTextToTextPipeline", "pt": ["AutoModelForCausalLM"], "type": "multimodal"}
+PIPELINE_SPEC = {
+    "impl": "pipeline_desta.DestaAudioTextToTextPipeline",
+    "pt": ["AutoModelForCausalLM"],
+    "type": "multimodal",
+}
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,9 @@ class DestaAudioTextToTextPipeline(Pipeline):
                 )
         encoded = self.processor.encode_text([item["text"] for item in batch], window_counts, transcripts)
         encoded = {key: value.to(self.device) for key, value in encoded.items()}
-        generated = self.model.generate(**encoded, audio_embeds=audio_embeds, **self._prepare_generate_kwargs(generate_kwargs or {}))
+        generated = self.model.generate(
+            **encoded, audio_embeds=audio_embeds, **self._prepare_generate_kwargs(generate_kwargs or {})
+        )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         outputs, offset = [], 0
         for row, item in enumerate(batch):
@@ -194,7 +201,11 @@ def _is_single_input(inputs) -> bool:
 
 
 def _is_audio_value(value) -> bool:
-    return isinstance(value, (str, bytes, dict, np.ndarray, torch.Tensor)) or hasattr(value, "__fspath__") or hasattr(value, "get_all_samples")
+    return (
+        isinstance(value, (str, bytes, dict, np.ndarray, torch.Tensor))
+        or hasattr(value, "__fspath__")
+        or hasattr(value, "get_all_samples")
+    )
 
 
 def _is_conversation(inputs) -> bool:
@@ -220,7 +231,7 @@ def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | Non
         )
     content = [item] + ([{"type": "text", "text": prompt}] if prompt else [])
     return [
-        {"role": "system", "content": [{"type": "text", "text": system_prompt or SYSTEM_PROMPT}]},
+        {"role": "system", "content": [{"type": "text", "text": system_prompt or DEFAULT_SYSTEM_PROMPT}]},
         {"role": "user", "content": content},
     ]
 

@@ -13,15 +13,15 @@ import torch
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
+
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
-from .pipeline_desta import DestaAudioTextToTextPipeline  # noqa: F401
+from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
 
 # The reference's placeholder for Llama-3 tokenizers: an existing reserved token, so no embedding grows.
 LLAMA3_AUDIO_TOKEN = "<|reserved_special_token_87|>"
 # The reference's data format marks audio in string content with this locator (DeSTA-AQA5M `messages`).
 REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
 DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
-DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
 CONTENT_JOINER = "\n\n"
 ASR_TOKENIZER_FOLDER = "asr_tokenizer"
 
@@ -104,7 +104,9 @@ class DestaProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DestaProcessor":
         """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one."""
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        processor.asr_tokenizer = _load_optional_tokenizer(pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs)
+        processor.asr_tokenizer = _load_optional_tokenizer(
+            pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs
+        )
         return processor
 
     def save_pretrained(self, save_directory, **kwargs):

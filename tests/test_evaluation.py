@@ -9,10 +9,45 @@ from pathlib import Path
 import pytest
 import torch
 
+from desta_audio import testing as tiny_assets
+from desta_audio.cli import main
+from desta_audio.common import load_pipeline
+from desta_audio.evaluation.benchmark import PREDICTIONS_FILE, evaluate_benchmark, run_benchmark
+from desta_audio.evaluation.data import (
+    MMAU_SYSTEM_PROMPT,
+    BenchmarkColumns,
+    EvalItem,
+    build_conversation,
+    build_items,
+    mcq_question,
+)
+from desta_audio.evaluation.retention import (
+    RETENTION_JSON,
+    RETENTION_MARKDOWN,
+    knowledge_retention,
+    load_retention_prompts,
+    rebuild_base_llm,
+)
+from desta_audio.evaluation.scoring import (
+    RESULTS_JSON,
+    RESULTS_MARKDOWN,
+    mmau_string_match,
+    open_answer_match,
+    read_predictions,
+    rescore,
+    score_predictions,
+    strip_answer_prefix,
+    word_error_rate,
+)
+from desta_audio.evaluation.smoke_qa import (
+    ANSWERS_FILE,
+    AUDIO_FOLDER,
+    DATA_FILE,
+    make_clip,
+    make_smoke_qa,
+    smoke_questions,
+)
 from modeling_desta import DestaForConditionalGeneration
-from processing import cli
-from processing import evaluation as ev
-from processing.make_smoke_qa import ANSWERS_FILE, AUDIO_FOLDER, DATA_FILE, make_clip, make_smoke_qa, smoke_questions
 
 PEOPLE = ["Man", "Woman", "Child", "Robot"]
 SPEAKERS = ["A child", "A woman", "An adult man", "A teenager"]
@@ -42,7 +77,7 @@ SPEAKERS = ["A child", "A woman", "An adult man", "A teenager"]
     ],
 )
 def test_mmau_string_match_decisions(answer, output, choices, expected):
-    assert ev.mmau_string_match(answer, ev.strip_answer_prefix(output), choices) is expected
+    assert mmau_string_match(answer, strip_answer_prefix(output), choices) is expected
 
 
 def test_reference_results_rescore_like_the_official_script(tmp_path):
@@ -81,7 +116,7 @@ def test_reference_results_rescore_like_the_official_script(tmp_path):
     ]
     path = tmp_path / "mmau-test-mini_results.json"
     path.write_text(json.dumps(rows))
-    results = ev.rescore(path)
+    results = rescore(path)
     assert results["overall"] == {"n": 3, "correct": 2, "accuracy": 66.67}
     assert results["groups"]["task"] == {
         "sound": {"n": 1, "correct": 1, "accuracy": 100.0},
@@ -93,12 +128,12 @@ def test_reference_results_rescore_like_the_official_script(tmp_path):
 
 
 def test_open_answer_and_wer_scoring():
-    assert ev.open_answer_match("Paris", "paris!") == (True, True)
-    assert ev.open_answer_match("The Eiffel Tower", "It is the eiffel tower.") == (False, True)
-    assert ev.open_answer_match(["NYC", "New York"], "new york") == (True, True)
-    assert ev.open_answer_match("cat", "a category") == (False, False)  # whole words only
-    assert ev.word_error_rate(["the cat sat on"], ["the cat sit on"]) == 0.25
-    assert ev.word_error_rate(["Hello, world!"], ["hello world"]) == 0.0
+    assert open_answer_match("Paris", "paris!") == (True, True)
+    assert open_answer_match("The Eiffel Tower", "It is the eiffel tower.") == (False, True)
+    assert open_answer_match(["NYC", "New York"], "new york") == (True, True)
+    assert open_answer_match("cat", "a category") == (False, False)  # whole words only
+    assert word_error_rate(["the cat sat on"], ["the cat sit on"]) == 0.25
+    assert word_error_rate(["Hello, world!"], ["hello world"]) == 0.0
     records = [
         {
             "id": "1",
@@ -115,7 +150,7 @@ def test_open_answer_and_wer_scoring():
             "categories": {"task": "b"},
         },
     ]
-    results = ev.score_predictions(records)
+    results = score_predictions(records)
     assert results["overall"] == {"n": 2, "wer": 25.0}
     assert results["groups"]["task"] == {"a": {"n": 1, "wer": 0.0}, "b": {"n": 1, "wer": 50.0}}
 
@@ -125,17 +160,17 @@ def test_open_answer_and_wer_scoring():
 
 def test_mcq_prompt_is_the_reference_format(tiny_parts):
     _, processor = tiny_parts
-    assert ev.mcq_question("Q?", ["a", "b", "c", "d"]) == 'Q? Choose from the following options: "a", "b", "c" or "d"'
-    assert ev.mcq_question("Q?", ["a", "b"]) == 'Q? Choose from the following options: "a" or "b"'
-    assert ev.mcq_question("Q?", ["a"]) == 'Q? Choose from the following options: "a"'
-    item = ev.EvalItem(id="x", audio="clip.wav", question="Who speaks?", answer="Man", choices=PEOPLE)
-    text, audio = processor.render_conversation(ev.build_conversation(item, "mcq"), add_generation_prompt=True)
+    assert mcq_question("Q?", ["a", "b", "c", "d"]) == 'Q? Choose from the following options: "a", "b", "c" or "d"'
+    assert mcq_question("Q?", ["a", "b"]) == 'Q? Choose from the following options: "a" or "b"'
+    assert mcq_question("Q?", ["a"]) == 'Q? Choose from the following options: "a"'
+    item = EvalItem(id="x", audio="clip.wav", question="Who speaks?", answer="Man", choices=PEOPLE)
+    text, audio = processor.render_conversation(build_conversation(item, "mcq"), add_generation_prompt=True)
     expected_user = (
         processor.audio_token
         + "\n\n"
         + 'Who speaks? Choose from the following options: "Man", "Woman", "Child" or "Robot"'
     )
-    assert ev.MMAU_SYSTEM_PROMPT + "<|eot_id|>" in text and expected_user + "<|eot_id|>" in text
+    assert MMAU_SYSTEM_PROMPT + "<|eot_id|>" in text and expected_user + "<|eot_id|>" in text
     assert audio == [{"type": "audio", "path": "clip.wav"}]  # no transcript given: Whisper transcribes
 
 
@@ -144,8 +179,6 @@ def test_mcq_prompt_is_the_reference_format(tiny_parts):
 
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory):
-    import tiny_assets
-
     if not tiny_assets.tools_available():
         pytest.skip("espeak-ng and sox are required for the smoke set")
     path = tmp_path_factory.mktemp("smoke_qa")
@@ -155,7 +188,7 @@ def smoke_dir(tmp_path_factory):
 
 @pytest.fixture()
 def smoke_items(smoke_dir):
-    return ev.build_items(json.loads((smoke_dir / DATA_FILE).read_text()), audio_root=smoke_dir)
+    return build_items(json.loads((smoke_dir / DATA_FILE).read_text()), audio_root=smoke_dir)
 
 
 def test_generator_reproduces_committed_answers(smoke_dir, tmp_path):
@@ -175,7 +208,8 @@ def test_smoke_set_end_to_end_and_rescore(saved_model_dir, smoke_dir, tmp_path, 
     command = [
         sys.executable,
         "-m",
-        "processing.evaluate",
+        "desta_audio.cli",
+        "eval",
         "--model",
         str(saved_model_dir),
         "--data-file",
@@ -186,17 +220,17 @@ def test_smoke_set_end_to_end_and_rescore(saved_model_dir, smoke_dir, tmp_path, 
         command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1]
     )
     assert result.returncode == 0, result.stderr
-    predictions = [json.loads(line) for line in (out / ev.PREDICTIONS_FILE).read_text().splitlines()]
+    predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text().splitlines()]
     assert sorted(p["id"] for p in predictions) == sorted(q.id for q in smoke_questions())
     assert all(p["transcripts"] == [""] for p in predictions)
-    results = json.loads((out / ev.RESULTS_JSON).read_text())
+    results = json.loads((out / RESULTS_JSON).read_text())
     assert results["overall"]["n"] == 16 and 0.0 <= results["overall"]["accuracy"] <= 100.0
     assert {k: v["n"] for k, v in results["groups"]["task"].items()} == {"music": 2, "sound": 6, "speech": 8}
     assert set(results["groups"]) == {"task", "sub-category", "difficulty"}
-    assert result.stdout == (out / ev.RESULTS_MARKDOWN).read_text()
+    assert result.stdout == (out / RESULTS_MARKDOWN).read_text()
 
-    assert cli.main(["eval", "--rescore", str(out / ev.PREDICTIONS_FILE), "--output-dir", str(tmp_path / "again")]) == 0
-    assert json.loads((tmp_path / "again" / ev.RESULTS_JSON).read_text()) == results
+    assert main(["eval", "--rescore", str(out / PREDICTIONS_FILE), "--output-dir", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / RESULTS_JSON).read_text()) == results
     assert capsys.readouterr().out == result.stdout
 
 
@@ -217,33 +251,33 @@ class GenerateCounter:
 
 def test_interrupted_run_resumes_without_reasking(tiny_parts, smoke_items, tmp_path, monkeypatch):
     model, processor = tiny_parts
-    pipe = ev.load_pipeline(model, processor)
+    pipe = load_pipeline(model, processor)
     run = dict(output_dir=tmp_path, batch_size=4, max_new_tokens=4, no_asr=True)
 
     killed = GenerateCounter(model, fail_on=3)
     monkeypatch.setattr(model, "generate", killed)
     with pytest.raises(KeyboardInterrupt):
-        ev.run_benchmark(pipe, smoke_items, **run)
-    first = ev.read_predictions(tmp_path / ev.PREDICTIONS_FILE)
+        run_benchmark(pipe, smoke_items, **run)
+    first = read_predictions(tmp_path / PREDICTIONS_FILE)
     assert [r["id"] for r in first] == [item.id for item in smoke_items[:8]]  # two batches saved before the kill
-    with open(tmp_path / ev.PREDICTIONS_FILE, "a") as handle:
+    with open(tmp_path / PREDICTIONS_FILE, "a") as handle:
         handle.write('{"id": "beeps-1", "format": "mc')  # and a torn line, as a kill mid-write leaves
 
     resumed = GenerateCounter(model)
     monkeypatch.setattr(model, "generate", resumed)
-    results = ev.run_benchmark(pipe, smoke_items, **run)
+    results = run_benchmark(pipe, smoke_items, **run)
     assert (resumed.calls, resumed.rows) == (2, 8)  # only the 8 unanswered items were asked
-    records = ev.read_predictions(tmp_path / ev.PREDICTIONS_FILE)
+    records = read_predictions(tmp_path / PREDICTIONS_FILE)
     assert records[:8] == first and [r["id"] for r in records] == [item.id for item in smoke_items]
-    assert len((tmp_path / ev.PREDICTIONS_FILE).read_text().splitlines()) == 16  # the torn line was cut
+    assert len((tmp_path / PREDICTIONS_FILE).read_text().splitlines()) == 16  # the torn line was cut
     assert results["overall"]["n"] == 16
-    assert ev.rescore(tmp_path / ev.PREDICTIONS_FILE, tmp_path / "rescored") == results
+    assert rescore(tmp_path / PREDICTIONS_FILE, tmp_path / "rescored") == results
 
     finished = GenerateCounter(model)
     monkeypatch.setattr(model, "generate", finished)
-    assert ev.run_benchmark(pipe, smoke_items, **run) == results and finished.calls == 0
+    assert run_benchmark(pipe, smoke_items, **run) == results and finished.calls == 0
     with pytest.raises(ValueError, match="other settings.*max_new_tokens"):
-        ev.run_benchmark(pipe, smoke_items, **{**run, "max_new_tokens": 8})  # would mix answers of two settings
+        run_benchmark(pipe, smoke_items, **{**run, "max_new_tokens": 8})  # would mix answers of two settings
 
 
 def test_dataset_with_mapped_columns_and_audio_feature(tiny_parts, smoke_dir, tmp_path):
@@ -263,7 +297,7 @@ def test_dataset_with_mapped_columns_and_audio_feature(tiny_parts, smoke_dir, tm
         }
     ).cast_column("wav", datasets.Audio(sampling_rate=16000))
     table.save_to_disk(tmp_path / "table")
-    columns = ev.ColumnMap(
+    columns = BenchmarkColumns(
         id="qid",
         question="prompt",
         choices="options",
@@ -272,7 +306,7 @@ def test_dataset_with_mapped_columns_and_audio_feature(tiny_parts, smoke_dir, tm
         transcript="said",
         categories=["domain"],
     )
-    results = ev.evaluate_benchmark(
+    results = evaluate_benchmark(
         model,
         tmp_path / "out",
         processor=processor,
@@ -281,7 +315,7 @@ def test_dataset_with_mapped_columns_and_audio_feature(tiny_parts, smoke_dir, tm
         max_new_tokens=3,
         limit=2,
     )
-    records = ev.read_predictions(tmp_path / "out" / ev.PREDICTIONS_FILE)
+    records = read_predictions(tmp_path / "out" / PREDICTIONS_FILE)
     assert [(r["id"], r["transcripts"], r["categories"], r["audio"]) for r in records] == [
         ("q1", ["apple"], {"domain": "speech"}, None),
         ("q2", [""], {"domain": "music"}, None),
@@ -291,23 +325,23 @@ def test_dataset_with_mapped_columns_and_audio_feature(tiny_parts, smoke_dir, tm
 
 def test_asr_and_open_formats_run(tiny_parts, smoke_items, tmp_path):
     model, processor = tiny_parts
-    pipe = ev.load_pipeline(model, processor)
-    words = [ev.EvalItem(i.id, i.audio, "", i.answer, categories=i.categories, transcript="") for i in smoke_items[:2]]
-    asr = ev.run_benchmark(pipe, words, tmp_path / "asr", fmt="asr", max_new_tokens=3)
+    pipe = load_pipeline(model, processor)
+    words = [EvalItem(i.id, i.audio, "", i.answer, categories=i.categories, transcript="") for i in smoke_items[:2]]
+    asr = run_benchmark(pipe, words, tmp_path / "asr", fmt="asr", max_new_tokens=3)
     assert asr["format"] == "asr" and asr["overall"]["n"] == 2 and asr["overall"]["wer"] >= 0.0
     questions = [
-        ev.EvalItem(i.id, i.audio, "What is said?", [i.answer, "unknown"], transcript="") for i in smoke_items[:2]
+        EvalItem(i.id, i.audio, "What is said?", [i.answer, "unknown"], transcript="") for i in smoke_items[:2]
     ]
-    open_results = ev.run_benchmark(pipe, questions, tmp_path / "open", fmt="open", max_new_tokens=3)
+    open_results = run_benchmark(pipe, questions, tmp_path / "open", fmt="open", max_new_tokens=3)
     assert set(open_results["overall"]) == {"n", "exact_match", "contains"}
 
 
 def test_missing_inputs_fail_before_generating(tiny_parts, tmp_path, capsys):
     model, processor = tiny_parts
-    items = [ev.EvalItem("1", str(tmp_path / "nope.wav"), "Q?", "a", choices=["a", "b"])]
+    items = [EvalItem("1", str(tmp_path / "nope.wav"), "Q?", "a", choices=["a", "b"])]
     with pytest.raises(FileNotFoundError, match="nope.wav"):
-        ev.run_benchmark(ev.load_pipeline(model, processor), items, tmp_path)
-    assert cli.main(["eval", "--data-file", str(tmp_path / "x.json")]) == 2
+        run_benchmark(load_pipeline(model, processor), items, tmp_path)
+    assert main(["eval", "--data-file", str(tmp_path / "x.json")]) == 2
     assert "--model is required" in capsys.readouterr().err
 
 
@@ -315,7 +349,7 @@ def test_missing_inputs_fail_before_generating(tiny_parts, tmp_path, capsys):
 
 
 def test_builtin_retention_prompts():
-    prompts = ev.load_retention_prompts()
+    prompts = load_retention_prompts()
     assert 18 <= len(prompts) <= 25 and len({p.prompt for p in prompts}) == len(prompts)
 
 
@@ -331,17 +365,17 @@ def _assert_identical(report):
 
 def test_retention_is_identity_for_a_frozen_llm(tiny_parts, llm_dir, tmp_path):
     model, processor = tiny_parts
-    rebuilt = ev.rebuild_base_llm(model)
+    rebuilt = rebuild_base_llm(model)
     assert type(rebuilt).__name__ == "LlamaForCausalLM"
     assert rebuilt.lm_head.weight.data_ptr() == model.lm_head.weight.data_ptr()  # the same tensors, not a copy
     for base in (None, rebuilt, llm_dir):
-        _assert_identical(ev.knowledge_retention(model, processor.tokenizer, base_llm=base, max_new_tokens=6))
+        _assert_identical(knowledge_retention(model, processor.tokenizer, base_llm=base, max_new_tokens=6))
     references = tmp_path / "prompts.jsonl"
     references.write_text(
         json.dumps({"prompt": "Name a colour.", "reference": "Blue."}) + "\n" + json.dumps({"prompt": "Hi"}) + "\n"
     )
-    report = ev.knowledge_retention(
-        model, processor.tokenizer, base_llm=llm_dir, prompts=ev.load_retention_prompts(references), max_new_tokens=4
+    report = knowledge_retention(
+        model, processor.tokenizer, base_llm=llm_dir, prompts=load_retention_prompts(references), max_new_tokens=4
     )
     _assert_identical(report)
     assert [item["continuation"] for item in report["items"]] == ["reference", "base_greedy"]
@@ -357,14 +391,14 @@ def test_retention_shows_lora_drift(saved_model_dir, llm_dir, tiny_parts):
         DestaForConditionalGeneration.from_pretrained(saved_model_dir).eval(),
         LoraConfig(target_modules=r"model\.language_model\..*\.(q_proj|v_proj)", r=4, lora_alpha=8),
     )
-    _assert_identical(ev.knowledge_retention(model, tokenizer, max_new_tokens=6))  # lora_B starts at zero
+    _assert_identical(knowledge_retention(model, tokenizer, max_new_tokens=6))  # lora_B starts at zero
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)
         for name, weight in model.named_parameters():
             if "lora_B" in name:
                 weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
-    rebuilt = ev.knowledge_retention(model, tokenizer, max_new_tokens=6)
-    from_folder = ev.knowledge_retention(model, tokenizer, base_llm=llm_dir, max_new_tokens=6)
+    rebuilt = knowledge_retention(model, tokenizer, max_new_tokens=6)
+    from_folder = knowledge_retention(model, tokenizer, base_llm=llm_dir, max_new_tokens=6)
     assert rebuilt["summary"] == from_folder["summary"]  # the rebuilt base leaves the adapters out
     assert rebuilt["summary"]["mean_abs_logprob_diff"] > 0.01
     assert rebuilt["summary"]["exact_match_rate"] < 1.0
@@ -372,7 +406,7 @@ def test_retention_shows_lora_drift(saved_model_dir, llm_dir, tiny_parts):
 
 def test_retention_from_the_command_line(saved_model_dir, tmp_path, capsys):
     assert (
-        cli.main(
+        main(
             [
                 "eval",
                 "--retention",
@@ -386,7 +420,7 @@ def test_retention_from_the_command_line(saved_model_dir, tmp_path, capsys):
         )
         == 0
     )
-    report = json.loads((tmp_path / ev.RETENTION_JSON).read_text())
+    report = json.loads((tmp_path / RETENTION_JSON).read_text())
     assert report["summary"]["exact_match_rate"] == 1.0 and report["summary"]["mean_logprob_diff"] == 0.0
-    assert len(report["items"]) == len(ev.load_retention_prompts())
-    assert capsys.readouterr().out == (tmp_path / ev.RETENTION_MARKDOWN).read_text()
+    assert len(report["items"]) == len(load_retention_prompts())
+    assert capsys.readouterr().out == (tmp_path / RETENTION_MARKDOWN).read_text()

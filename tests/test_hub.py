@@ -19,8 +19,12 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 from transformers.models.bert.modeling_bert import BertEncoder
 
-from modeling_desta import DestaConfig, DestaForConditionalGeneration, hub
-from modeling_desta.convert_desta25 import RELEASE_FACTS, ConversionError, convert, main
+from desta_audio.cli import main as cli_main
+from desta_audio.hub import publishing as publish_module
+from desta_audio.hub.card import check_model_card, render_model_card
+from desta_audio.hub.convert import RELEASE_FACTS, ConversionError, convert
+from desta_audio.hub.publishing import PublishError, check_folder, publish, upload_file_list, verify_loads
+from modeling_desta import DestaConfig, DestaForConditionalGeneration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT_SIZE = 64
@@ -40,8 +44,11 @@ def reference_state_dict(d_model: int, llm_hidden: int, num_heads: int, seed: in
     """
     generator = torch.Generator().manual_seed(seed)
     bert = BertConfig(
-        hidden_size=d_model, num_attention_heads=num_heads, num_hidden_layers=QFORMER_LAYERS,
-        is_decoder=True, add_cross_attention=True,
+        hidden_size=d_model,
+        num_attention_heads=num_heads,
+        num_hidden_layers=QFORMER_LAYERS,
+        is_decoder=True,
+        add_cross_attention=True,
     )
     shapes = {f"qformer.{name}": tensor.shape for name, tensor in BertEncoder(bert).state_dict().items()}
     shapes |= {f"layer_prompts.{i}": (1, PROMPT_SIZE, d_model) for i in range(NUM_TAPS)}
@@ -86,7 +93,9 @@ def write_reference_checkpoint(folder: Path, state: dict, llm_dir: Path, whisper
 def reference_state(whisper_dir, llm_dir) -> dict[str, torch.Tensor]:
     whisper_config = json.loads((whisper_dir / "config.json").read_text())
     llm_config = json.loads((llm_dir / "config.json").read_text())
-    return reference_state_dict(whisper_config["d_model"], llm_config["hidden_size"], whisper_config["encoder_attention_heads"])
+    return reference_state_dict(
+        whisper_config["d_model"], llm_config["hidden_size"], whisper_config["encoder_attention_heads"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +140,13 @@ def bert_attention(states, context, weights, block: str, num_heads: int, eps: fl
     probs = (query @ key.transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)
     merged = (probs @ value).transpose(1, 2).reshape(batch, length, width)
     dense = F.linear(merged, weights(f"{block}.output.dense.weight"), weights(f"{block}.output.dense.bias"))
-    return F.layer_norm(dense + states, (width,), weights(f"{block}.output.LayerNorm.weight"), weights(f"{block}.output.LayerNorm.bias"), eps)
+    return F.layer_norm(
+        dense + states,
+        (width,),
+        weights(f"{block}.output.LayerNorm.weight"),
+        weights(f"{block}.output.LayerNorm.bias"),
+        eps,
+    )
 
 
 def reference_connector(state: dict, taps: list[torch.Tensor], num_heads: int) -> torch.Tensor:
@@ -142,6 +157,7 @@ def reference_connector(state: dict, taps: list[torch.Tensor], num_heads: int) -
     for tap_index, audio in enumerate(taps):
         queries = state[f"{prefix}layer_prompts.{tap_index}"].expand(audio.shape[0], -1, -1)
         for layer in range(QFORMER_LAYERS):
+
             def weights(name, layer=layer):
                 return state[f"{prefix}qformer.layer.{layer}.{name}"]
 
@@ -149,7 +165,9 @@ def reference_connector(state: dict, taps: list[torch.Tensor], num_heads: int) -
             queries = bert_attention(queries, audio, weights, "crossattention", num_heads)
             hidden = F.gelu(F.linear(queries, weights("intermediate.dense.weight"), weights("intermediate.dense.bias")))
             hidden = F.linear(hidden, weights("output.dense.weight"), weights("output.dense.bias"))
-            queries = F.layer_norm(hidden + queries, (width,), weights("output.LayerNorm.weight"), weights("output.LayerNorm.bias"), 1e-12)
+            queries = F.layer_norm(
+                hidden + queries, (width,), weights("output.LayerNorm.weight"), weights("output.LayerNorm.bias"), 1e-12
+            )
         per_tap.append(queries)
     stacked = torch.stack(per_tap, dim=2)  # (batch, queries, taps, width)
     mix = state[f"{prefix}layer_weights"].softmax(dim=-1).unsqueeze(-1)
@@ -182,11 +200,16 @@ def test_converted_folder_carries_reference_settings(converted_dir, llm_dir, whi
     config = DestaConfig.from_pretrained(converted_dir)
     processor_config = json.loads((converted_dir / "processor_config.json").read_text())
     assert (config.num_audio_queries, config.qformer_num_hidden_layers, config.qformer_intermediate_size) == (
-        PROMPT_SIZE, QFORMER_LAYERS, BERT_INTERMEDIATE,
+        PROMPT_SIZE,
+        QFORMER_LAYERS,
+        BERT_INTERMEDIATE,
     )
     assert (config.qformer_layer_norm_eps, config.projector_layer_norm_eps) == (1e-12, 1e-5)
     assert processor_config["audio_token"] == PLACEHOLDER
-    assert (processor_config["audio_start_text"], processor_config["audio_end_text"]) == ("<start_audio>", "<end_audio>")
+    assert (processor_config["audio_start_text"], processor_config["audio_end_text"]) == (
+        "<start_audio>",
+        "<end_audio>",
+    )
     assert processor_config["default_system_prompt"] == "Focus on the audio clips and instructions."
     assert config.text_config._name_or_path == str(llm_dir)
     assert config.audio_config._name_or_path == str(whisper_dir)
@@ -203,14 +226,22 @@ def edit_checkpoint(reference_dir: Path, target: Path, edit) -> Path:
 @pytest.mark.parametrize(
     "edit, named",
     [
-        (lambda s: s.pop("perception.connector.qformer.layer.3.crossattention.output.LayerNorm.bias"),
-         "model.connector.qformer.layer.3.crossattention.output.LayerNorm.bias"),
-        (lambda s: s.update({"perception.connector.qformer.layer.6.output.dense.bias": torch.zeros(64)}),
-         "perception.connector.qformer.layer.6.output.dense.bias"),
-        (lambda s: s.update({"llm_model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.zeros(4, 64)}),
-         "llm_model.model.layers.0.self_attn.q_proj.lora_A.default.weight"),
-        (lambda s: s.update({"perception.connector.layer_weights": torch.zeros(PROMPT_SIZE, 3)}),
-         "perception.connector.layer_weights (64, 3)"),
+        (
+            lambda s: s.pop("perception.connector.qformer.layer.3.crossattention.output.LayerNorm.bias"),
+            "model.connector.qformer.layer.3.crossattention.output.LayerNorm.bias",
+        ),
+        (
+            lambda s: s.update({"perception.connector.qformer.layer.6.output.dense.bias": torch.zeros(64)}),
+            "perception.connector.qformer.layer.6.output.dense.bias",
+        ),
+        (
+            lambda s: s.update({"llm_model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.zeros(4, 64)}),
+            "llm_model.model.layers.0.self_attn.q_proj.lora_A.default.weight",
+        ),
+        (
+            lambda s: s.update({"perception.connector.layer_weights": torch.zeros(PROMPT_SIZE, 3)}),
+            "perception.connector.layer_weights (64, 3)",
+        ),
     ],
     ids=["missing", "extra-layer", "foreign-key", "shape"],
 )
@@ -225,8 +256,20 @@ def test_cli_writes_checkpoint_and_card_from_facts_file(tmp_path, reference_dir)
     facts_file = tmp_path / "facts.yaml"
     facts_file.write_text(yaml.safe_dump({key: value for key, value in card_facts().items() if key != "repo_id"}))
     output = tmp_path / "out"
-    main(["--checkpoint", str(reference_dir), "--output", str(output), "--dtype", "float32", "--facts", str(facts_file)])
-    hub.check_folder(output)
+    cli_main(
+        [
+            "convert",
+            "--checkpoint",
+            str(reference_dir),
+            "--output",
+            str(output),
+            "--dtype",
+            "float32",
+            "--facts",
+            str(facts_file),
+        ]
+    )
+    check_folder(output)
     assert str(output) in (output / "README.md").read_text()  # usage snippets point at the folder when not pushing
 
 
@@ -235,7 +278,7 @@ def test_model_card_front_matter_and_no_placeholders(converted_dir):
     config = DestaConfig.from_pretrained(converted_dir)
     config.text_config._name_or_path, config.audio_config._name_or_path = LLM_ID, WHISPER_ID  # as for the release
     facts = {key: value for key, value in card_facts().items() if key != "base_models"}
-    card = hub.render_model_card(config, facts)
+    card = render_model_card(config, facts)
     metadata = yaml.safe_load(card.split("---\n")[1])
     assert metadata["base_model"] == [LLM_ID, WHISPER_ID]
     assert (metadata["library_name"], metadata["pipeline_tag"]) == ("transformers", "audio-text-to-text")
@@ -259,7 +302,7 @@ def test_model_card_front_matter_and_no_placeholders(converted_dir):
 )
 def test_model_card_refuses_missing_facts(converted_dir, facts, named):
     with pytest.raises(ValueError, match=re.escape(named)):
-        hub.render_model_card(DestaConfig.from_pretrained(converted_dir), facts)
+        render_model_card(DestaConfig.from_pretrained(converted_dir), facts)
 
 
 # ---------------------------------------------------------------------------------------------- publishing
@@ -280,9 +323,9 @@ EXPECTED_BASE_FILES = {
 
 def test_published_folder_loads_and_generates_in_clean_process(tmp_path, converted_dir):
     folder = shutil.copytree(converted_dir, tmp_path / "published")
-    (folder / "README.md").write_text(hub.render_model_card(DestaConfig.from_pretrained(folder), card_facts()))
-    hub.check_folder(folder)
-    report = hub.verify_loads(folder, new_tokens=3)
+    (folder / "README.md").write_text(render_model_card(DestaConfig.from_pretrained(folder), card_facts()))
+    check_folder(folder)
+    report = verify_loads(folder, new_tokens=3)
     assert report["new_tokens"] == 3
     assert report["model_class"] == "DestaForConditionalGeneration"
     assert report["model_module"].startswith("transformers_modules.")  # the folder's code, not the project's
@@ -297,8 +340,8 @@ def test_check_folder_names_missing_code_and_weights(tmp_path, converted_dir):
     (folder / "audio_io.py").unlink()
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     (folder / "helper.py").write_text("from modeling_desta import DestaConfig\nfrom . import audio_io\n")
-    with pytest.raises(hub.PublishError) as error:
-        hub.check_folder(folder)
+    with pytest.raises(PublishError) as error:
+        check_folder(folder)
     message = str(error.value)
     assert "processing_desta.py imports .audio_io but audio_io.py is missing" in message
     assert "pytorch_model.bin is a pickle" in message and "No weights" in message
@@ -317,7 +360,9 @@ class FakeHub:
         def create_repo(api, repo_id, **kwargs):
             fake.calls.append(("create_repo", repo_id, kwargs))
 
-        def upload_folder(api, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None, ignore_patterns=None, **kwargs):
+        def upload_folder(
+            api, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None, ignore_patterns=None, **kwargs
+        ):
             ignore = [*(ignore_patterns or []), *DEFAULT_IGNORE_PATTERNS]
             additions = api._prepare_upload_folder_additions(
                 folder_path, path_in_repo or "", allow_patterns=allow_patterns, ignore_patterns=ignore
@@ -326,8 +371,10 @@ class FakeHub:
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-        monkeypatch.setattr(HfApi, "_validate_yaml", lambda api, content, **kwargs: hub.check_model_card(content))
-        monkeypatch.setattr(hub, "verify_loads", lambda folder, **kwargs: fake.calls.append(("verify_loads", Path(folder))))
+        monkeypatch.setattr(HfApi, "_validate_yaml", lambda api, content, **kwargs: check_model_card(content))
+        monkeypatch.setattr(
+            publish_module, "verify_loads", lambda folder, **kwargs: fake.calls.append(("verify_loads", Path(folder)))
+        )
 
 
 def test_publish_uploads_exact_file_list_after_verifying(tmp_path, monkeypatch, converted_dir):
@@ -342,7 +389,7 @@ def test_publish_uploads_exact_file_list_after_verifying(tmp_path, monkeypatch, 
         (work_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (work_dir / name).write_text("litter")
 
-    sent = hub.publish(
+    sent = publish(
         model, "someone/desta25-test", processor=processor, facts=card_facts(), max_shard_size="5MB", work_dir=work_dir
     )
 
@@ -353,5 +400,5 @@ def test_publish_uploads_exact_file_list_after_verifying(tmp_path, monkeypatch, 
     assert EXPECTED_BASE_FILES <= set(expected)
     assert [name for name, *_ in fake_hub.calls] == ["verify_loads", "create_repo", "upload_folder"]
     assert fake_hub.calls[2] == ("upload_folder", "someone/desta25-test", expected)
-    assert sent == expected == hub.upload_file_list(work_dir)
+    assert sent == expected == upload_file_list(work_dir)
     assert "someone/desta25-test" in (work_dir / "README.md").read_text()

@@ -94,7 +94,9 @@ def test_mixing_weights_are_per_query(tiny_parts):
     taps = _taps(num_taps, connector.layer_prompts[0].shape[-1])
     with torch.no_grad():
         batch = taps[0].shape[0]
-        per_tap = [connector.qformer(prompt.expand(batch, -1, -1), tap) for prompt, tap in zip(connector.layer_prompts, taps)]
+        per_tap = [
+            connector.qformer(prompt.expand(batch, -1, -1), tap) for prompt, tap in zip(connector.layer_prompts, taps)
+        ]
         # Query q takes tap (q mod num_taps) only.
         weights = torch.full_like(connector.layer_weights, -1e4)
         for query in range(weights.shape[0]):
@@ -132,7 +134,10 @@ def _conversation(audio, question, transcript=None):
         {"role": "system", "content": [{"type": "text", "text": "Focus on the audio clips and instructions."}]},
         {
             "role": "user",
-            "content": [{"type": "audio", "path": str(audio), "transcript": transcript}, {"type": "text", "text": question}],
+            "content": [
+                {"type": "audio", "path": str(audio), "transcript": transcript},
+                {"type": "text", "text": question},
+            ],
         },
     ]
 
@@ -232,7 +237,7 @@ def test_connector_parameter_count_matches_release_shape():
     """The release's connector (6 layers, 1280 hidden, 4096 LLM) has about 131.5 M parameters."""
     config = DestaConfig()
     with torch.device("meta"):
-        from modeling_desta.modeling_desta import DestaConnector
+        from modeling_desta import DestaConnector
 
         connector = DestaConnector(config)
     count = sum(p.numel() for p in connector.parameters())
@@ -248,7 +253,15 @@ def test_any_causal_lm_backbone(tmp_path, tokenizer_dir, whisper_dir, audio_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     qwen = Qwen2ForCausalLM(
-        Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
     ).eval()
     qwen.save_pretrained(tmp_path / "qwen")
     tokenizer.save_pretrained(tmp_path / "qwen")
@@ -264,6 +277,14 @@ def test_any_causal_lm_backbone(tmp_path, tokenizer_dir, whisper_dir, audio_dir)
     with torch.no_grad():
         assert torch.equal(model(**text).logits[..., : len(tokenizer)], qwen(**text).logits)
         with_audio = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "audio", "path": str(audio_dir / "tone.wav")}, {"type": "text", "text": "Hi"}]}]
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "audio", "path": str(audio_dir / "tone.wav")}, {"type": "text", "text": "Hi"}],
+                }
+            ]
         )
-        assert model.generate(**with_audio, max_new_tokens=3, do_sample=False).shape[1] == with_audio["input_ids"].shape[1] + 3
+        assert (
+            model.generate(**with_audio, max_new_tokens=3, do_sample=False).shape[1]
+            == with_audio["input_ids"].shape[1] + 3
+        )

@@ -10,6 +10,7 @@ import torch
 from isolation import run_isolated
 from transformers import TextIteratorStreamer, pipeline
 
+from desta_audio import testing as tiny_assets
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaAudioTextToTextPipeline, DestaProcessor, load_audio
 
@@ -41,8 +42,6 @@ def pipe(asr_model_dir):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory, audio_dir):
-    import tiny_assets
-
     path = tmp_path_factory.mktemp("pipeline_audio")
     tiny_assets.speak(path / "door.wav", SPOKEN)
     tiny_assets.speak(path / "morning.wav", "good morning everyone")
@@ -100,12 +99,16 @@ def test_speech_is_transcribed_on_the_connector_encoder_pass(pipe, clips, record
 
 
 def test_tone_and_silence_get_empty_transcripts(pipe, clips):
-    results = pipe([str(clips["tone"]), str(clips["silence"]), str(clips["noise"])], prompt="What?", max_new_tokens=2, batch_size=3)
+    results = pipe(
+        [str(clips["tone"]), str(clips["silence"]), str(clips["noise"])], prompt="What?", max_new_tokens=2, batch_size=3
+    )
     assert [r["transcripts"] for r in results] == [[""], [""], [""]]
 
 
 def test_user_transcript_skips_asr(pipe, clips, recorder):
-    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(clips["door"]), "transcript": "given text"}]}]
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "path": str(clips["door"]), "transcript": "given text"}]}
+    ]
     result = pipe(conversation, max_new_tokens=2)
     assert result["transcripts"] == ["given text"]
     assert recorder.final_layer_calls == 0  # no ASR: the encoder's final norm (what ASR reads) never ran
@@ -124,9 +127,10 @@ def test_array_input_and_45_second_clip(pipe, clips, recorder):
 
 
 def test_transcript_covers_whole_long_clip(pipe, tmp_path):
-    import tiny_assets
-
-    first, second = tiny_assets.speak(tmp_path / "a.wav", SPOKEN), tiny_assets.speak(tmp_path / "b.wav", "good morning everyone")
+    first, second = (
+        tiny_assets.speak(tmp_path / "a.wav", SPOKEN),
+        tiny_assets.speak(tmp_path / "b.wav", "good morning everyone"),
+    )
     gap = tiny_assets.sox_silence(tmp_path / "gap.wav", 31.0)
     joined = tmp_path / "joined.wav"
     subprocess.run(["sox", str(first), str(gap), str(second), str(joined)], check=True)
@@ -144,9 +148,22 @@ def test_batched_pipeline_equals_one_by_one(pipe, clips, recorder):
 
 def test_multi_audio_multi_turn_and_text_only_chats(pipe, clips, recorder):
     conversation = [
-        {"role": "user", "content": [{"type": "audio", "path": str(clips["door"])}, {"type": "audio", "path": str(clips["tone"])}, {"type": "text", "text": "Compare."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "path": str(clips["door"])},
+                {"type": "audio", "path": str(clips["tone"])},
+                {"type": "text", "text": "Compare."},
+            ],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "The first is speech."}]},
-        {"role": "user", "content": [{"type": "audio", "path": str(clips["morning"]), "transcript": "good morning everyone"}, {"type": "text", "text": "And this?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "path": str(clips["morning"]), "transcript": "good morning everyone"},
+                {"type": "text", "text": "And this?"},
+            ],
+        },
     ]
     result = pipe(conversation, max_new_tokens=3)
     assert SPOKEN in result["transcripts"][0].lower()
@@ -173,12 +190,23 @@ def test_missing_audio_is_a_clear_error(pipe, tmp_path):
 
 def test_streaming_with_text_iterator_streamer(pipe, clips):
     model, processor = pipe.model, pipe.processor
-    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(clips["door"]), "transcript": SPOKEN}, {"type": "text", "text": "What?"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "path": str(clips["door"]), "transcript": SPOKEN},
+                {"type": "text", "text": "What?"},
+            ],
+        }
+    ]
     inputs = processor.apply_chat_template(conversation)
     expected = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected_text = processor.tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    worker = threading.Thread(target=model.generate, kwargs={**inputs, "max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "streamer": streamer})
+    worker = threading.Thread(
+        target=model.generate,
+        kwargs={**inputs, "max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "streamer": streamer},
+    )
     worker.start()
     pieces = list(streamer)
     worker.join()
@@ -220,16 +248,30 @@ def test_one_line_pipeline_in_clean_process(asr_model_dir, clips, tmp_path, pipe
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "processing.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "desta_audio.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_answers_streams_and_reports_transcripts(asr_model_dir, clips, pipe):
     expected = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=4)
-    plain = _cli("chat", str(clips["door"]), "-p", "What is said?", "--model", str(asr_model_dir), "--max-new-tokens", "4", "-v")
+    plain = _cli(
+        "chat", str(clips["door"]), "-p", "What is said?", "--model", str(asr_model_dir), "--max-new-tokens", "4", "-v"
+    )
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == expected["generated_text"] + "\n"
     assert f"[transcript] {clips['door']}: {expected['transcripts'][0]}" in plain.stderr
-    streamed = _cli("chat", str(clips["door"]), "-p", "What is said?", "--model", str(asr_model_dir), "--max-new-tokens", "4", "--stream")
+    streamed = _cli(
+        "chat",
+        str(clips["door"]),
+        "-p",
+        "What is said?",
+        "--model",
+        str(asr_model_dir),
+        "--max-new-tokens",
+        "4",
+        "--stream",
+    )
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout.strip() == expected["generated_text"]
 
@@ -262,7 +304,9 @@ def test_generation_kwargs_pass_through(pipe, clips, monkeypatch):
 
 def test_transcribe_on_shared_states_equals_whispers_own_generate(pipe, clips):
     model, processor = pipe.model, pipe.processor
-    features, _ = processor.extract_features([processor.load_audio(clips["door"]), processor.load_audio(clips["morning"])])
+    features, _ = processor.extract_features(
+        [processor.load_audio(clips["door"]), processor.load_audio(clips["morning"])]
+    )
     with torch.no_grad():
         _, states = model.model.encode_audio(features, output_last_hidden_state=True)
         ours = model.transcribe(encoder_last_hidden_state=states, max_new_tokens=30)

@@ -18,7 +18,10 @@ def test_audio_expands_to_markers_placeholders_and_transcript(tiny_parts, audio_
     _, processor = tiny_parts
     tokenizer = processor.tokenizer
     conversation = _user(
-        [{"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": " hello world "}, {"type": "text", "text": "What?"}]
+        [
+            {"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": " hello world "},
+            {"type": "text", "text": "What?"},
+        ]
     )
     ids = processor.apply_chat_template(conversation)["input_ids"][0].tolist()
     rendered = processor.apply_chat_template(conversation, tokenize=False)
@@ -46,7 +49,9 @@ def test_long_audio_gets_one_block_of_queries_per_window(tiny_parts, audio_dir):
 
 def test_audio_over_the_maximum_raises(tiny_parts, audio_dir):
     _, processor = tiny_parts
-    strict = DestaProcessor(processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, max_audio_seconds=40)
+    strict = DestaProcessor(
+        processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, max_audio_seconds=40
+    )
     with pytest.raises(ValueError, match=r"lasts 45.0 s, over max_audio_seconds=40"):
         strict.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]))
 
@@ -54,7 +59,11 @@ def test_audio_over_the_maximum_raises(tiny_parts, audio_dir):
 def test_transcript_cap(tiny_parts, audio_dir):
     _, processor = tiny_parts
     capped = DestaProcessor(
-        processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, num_audio_queries=8, max_transcript_tokens=3
+        processor.feature_extractor,
+        processor.tokenizer,
+        audio_token=processor.audio_token,
+        num_audio_queries=8,
+        max_transcript_tokens=3,
     )
     transcript = "one two three four five six seven eight nine ten"
     conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": transcript}])
@@ -66,8 +75,12 @@ def test_transcript_cap(tiny_parts, audio_dir):
 def test_reference_message_format_matches_list_format(tiny_parts, audio_dir):
     _, processor = tiny_parts
     path = str(audio_dir / "hello.wav")
-    reference = [{"role": "user", "content": "<|AUDIO|>\n\nWhat is said?", "audios": [{"audio": path, "text": "hello world"}]}]
-    ours = _user([{"type": "audio", "path": path, "transcript": "hello world"}, {"type": "text", "text": "What is said?"}])
+    reference = [
+        {"role": "user", "content": "<|AUDIO|>\n\nWhat is said?", "audios": [{"audio": path, "text": "hello world"}]}
+    ]
+    ours = _user(
+        [{"type": "audio", "path": path, "transcript": "hello world"}, {"type": "text", "text": "What is said?"}]
+    )
     a, b = processor.apply_chat_template(reference), processor.apply_chat_template(ours)
     assert torch.equal(a["input_ids"], b["input_ids"])
     assert torch.equal(a["input_features"], b["input_features"])
@@ -158,7 +171,11 @@ def test_empty_transcript_stand_in(tiny_parts, audio_dir):
     """Converted release checkpoints put the reference's " " where a clip has no speech."""
     _, processor = tiny_parts
     like_release = DestaProcessor(
-        processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, num_audio_queries=8, empty_transcript=" "
+        processor.feature_extractor,
+        processor.tokenizer,
+        audio_token=processor.audio_token,
+        num_audio_queries=8,
+        empty_transcript=" ",
     )
     conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": ""}])
     ours = processor.apply_chat_template(conversation)["input_ids"][0].tolist()

@@ -10,7 +10,13 @@ from modeling_desta import DestaForConditionalGeneration
 
 def _inputs(processor, audio_dir):
     conversation = [
-        {"role": "user", "content": [{"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": "hello"}, {"type": "text", "text": "What?"}]}
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": "hello"},
+                {"type": "text", "text": "What?"},
+            ],
+        }
     ]
     return processor.apply_chat_template(conversation)
 

@@ -1,7 +1,6 @@
-"""train_sft.py and its library (processing/sft_setup.py, processing/sft_collator.py), offline on CPU.
+"""train_sft.py and its library (`desta_audio.training`), offline on CPU.
 
-The learning test needs the real Whisper tiny.en (../shared/tools) and skips without it; everything else runs
-on the tiny random components of conftest.py.
+The learning test uses the real Whisper tiny.en; everything else runs on the tiny random components of conftest.py.
 """
 
 from __future__ import annotations
@@ -19,21 +18,26 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tiny_assets
 import torch
 from conftest import REPO_ROOT
 
-from modeling_desta import DestaForConditionalGeneration
-from processing import DestaProcessor
-from processing.sft_collator import (
+from desta_audio import testing as tiny_assets
+from desta_audio.training.collator import (
     IGNORE_INDEX,
     BadRecordError,
     DestaSFTCollator,
     normalize_record,
 )
+from modeling_desta import DestaForConditionalGeneration
+from processing import DestaProcessor
 
 SYSTEM = "Focus on the audio clips and instructions."
-SUBPROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+SUBPROCESS_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+}
 CPU_TRAINING = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
 SMALL_CONNECTOR = ["--num_audio_queries", "4", "--qformer_num_hidden_layers", "1", "--qformer_intermediate_size", "64"]
 
@@ -46,7 +50,10 @@ def record(rid: str, audio: str, response: str, instruction: str = "What is it?"
             {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
             {
                 "role": "user",
-                "content": [{"type": "audio", "path": audio, "transcript": transcript}, {"type": "text", "text": instruction}],
+                "content": [
+                    {"type": "audio", "path": audio, "transcript": transcript},
+                    {"type": "text", "text": instruction},
+                ],
             },
         ],
         "response": response,
@@ -62,7 +69,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def sft_args(**overrides):
     from trl import SFTConfig
 
-    options = {"bf16": False, "gradient_checkpointing": False, "report_to": "none", "disable_tqdm": True, "logging_steps": 1, "seed": 0}
+    options = {
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "seed": 0,
+    }
     return SFTConfig(**{**options, **overrides})
 
 
@@ -95,7 +109,9 @@ def run(command: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProc
     """
     env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True
+        )
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -146,7 +162,11 @@ def test_reference_format_and_final_assistant_turn_give_the_same_example(tiny_pa
         "id": "b",
         "messages": [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": "<|AUDIO|>\n\nWhat is it?", "audios": [{"audio": "hello.wav", "text": "hello world"}]},
+            {
+                "role": "user",
+                "content": "<|AUDIO|>\n\nWhat is it?",
+                "audios": [{"audio": "hello.wav", "text": "hello world"}],
+            },
             {"role": "assistant", "content": "Hello."},
         ],
     }
@@ -163,7 +183,10 @@ def test_audio_from_the_record_column_and_arrays(tiny_parts):
     example = normalize_record(row)
     item = example.messages[1]["content"][0]
     assert item["audio"] is clip and "path" not in item
-    assert normalize_record(record("d", "x/y.wav", "ok"), audio_root="/data").messages[1]["content"][0]["path"] == "/data/x/y.wav"
+    assert (
+        normalize_record(record("d", "x/y.wav", "ok"), audio_root="/data").messages[1]["content"][0]["path"]
+        == "/data/x/y.wav"
+    )
     batch = DestaSFTCollator(processor)([row])
     assert batch["input_features"].shape[0] == 1
 
@@ -185,7 +208,11 @@ def test_bad_records_raise_or_are_skipped_and_counted_never_trained_without_audi
     _, processor = tiny_parts
     good = record("good", "hello.wav", "Hello.")
     missing = record("missing", "no_such_file.wav", "Hello.")
-    text_only = {"id": "text", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "response": "Hi."}
+    text_only = {
+        "id": "text",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+        "response": "Hi.",
+    }
     long_answer = record("long", "hello.wav", "word " * 200)
 
     strict = DestaSFTCollator(processor, audio_root=audio_dir, max_length=100)
@@ -210,7 +237,7 @@ def test_bad_records_raise_or_are_skipped_and_counted_never_trained_without_audi
 def test_dataset_loading_from_build_dataset_folders_and_files(tmp_path):
     import datasets
 
-    from processing.sft_setup import DestaScriptArguments, load_sft_dataset
+    from desta_audio.training.setup import DestaScriptArguments, load_sft_dataset
 
     rows = [record(f"r{i}", f"{i}.wav", "ok") for i in range(3)]
     records_only = tmp_path / "records_only"
@@ -240,7 +267,7 @@ def test_recipe_yaml_is_the_release_recipe():
 
 
 def test_model_card_is_the_full_card_for_hub_ids_else_a_minimal_one(tiny_parts, tmp_path):
-    from processing.sft_setup import write_model_card
+    from desta_audio.hub.card import write_model_card
 
     model, processor = tiny_parts
     info = {
@@ -249,10 +276,14 @@ def test_model_card_is_the_full_card_for_hub_ids_else_a_minimal_one(tiny_parts, 
         "learning_rate": 1e-4, "audio_token": processor.audio_token,
     }  # fmt: skip
     full = write_model_card(tmp_path / "full", model.config, info).read_text()
-    assert "base_model_relation: finetune" in full and "- \"DeSTA-ntu/DeSTA-AQA5M\"" in full
+    assert "base_model_relation: finetune" in full and '- "DeSTA-ntu/DeSTA-AQA5M"' in full
     assert "| steps | 10 |" in full and "| loss | 1.25 |" in full
-    local = write_model_card(tmp_path / "local", model.config, {**info, "llm": str(tmp_path), "dataset": str(tmp_path)}).read_text()
-    assert "base_model_relation" not in local and "| steps | 10 |" in local and "pipeline_tag: audio-text-to-text" in local
+    local = write_model_card(
+        tmp_path / "local", model.config, {**info, "llm": str(tmp_path), "dataset": str(tmp_path)}
+    ).read_text()
+    assert (
+        "base_model_relation" not in local and "| steps | 10 |" in local and "pipeline_tag: audio-text-to-text" in local
+    )
 
 
 # ----------------------------------------------------------------------------- learning
@@ -317,14 +348,25 @@ def sound_kinds(tmp_path_factory) -> tuple[Path, list[tuple[str, str]], list[tup
     if not tiny_assets.tools_available():
         pytest.skip("espeak-ng and sox are required")
     folder = tmp_path_factory.mktemp("sound_kinds")
-    train_words = ["hello there", "open the door", "seven eight", "good morning", "turn left now", "thank you", "the red house", "call me later"]
+    train_words = [
+        "hello there",
+        "open the door",
+        "seven eight",
+        "good morning",
+        "turn left now",
+        "thank you",
+        "the red house",
+        "call me later",
+    ]
     voices = ["en-us", "en", "en-us+f3", "en+m3"]
 
     def make(split, words, freqs, tone_kinds, noise_kinds):
         clips = []
         for i, (word, freq) in enumerate(zip(words, freqs)):
             name = f"{split}_speech{i}.wav"
-            tiny_assets.speak(folder / name, ". ".join([word] * 12), voice=voices[i % len(voices)], speed=130 + 15 * (i % 3))
+            tiny_assets.speak(
+                folder / name, ". ".join([word] * 12), voice=voices[i % len(voices)], speed=130 + 15 * (i % 3)
+            )
             clips.append((name, "speech"))
             name = f"{split}_tone{i}.wav"
             tiny_assets.sox_synth(folder / name, 20 + 2 * (i % 4), kind=tone_kinds[i % len(tone_kinds)], freq=freq)
@@ -334,8 +376,20 @@ def sound_kinds(tmp_path_factory) -> tuple[Path, list[tuple[str, str]], list[tup
             clips.append((name, "noise"))
         return clips
 
-    train = make("train", train_words, [220, 300, 440, 520, 660, 880, 1000, 1200], ["sine", "square"], ["whitenoise", "pinknoise"])
-    held_out = make("test", ["where is it", "nine ten", "blue sky"], [350, 750, 1500], ["sine"], ["whitenoise", "pinknoise", "brownnoise"])
+    train = make(
+        "train",
+        train_words,
+        [220, 300, 440, 520, 660, 880, 1000, 1200],
+        ["sine", "square"],
+        ["whitenoise", "pinknoise"],
+    )
+    held_out = make(
+        "test",
+        ["where is it", "nine ten", "blue sky"],
+        [350, 750, 1500],
+        ["sine"],
+        ["whitenoise", "pinknoise", "brownnoise"],
+    )
     return folder, train, held_out
 
 
@@ -371,7 +425,9 @@ def memoize_frozen_audio_path(model, processor) -> None:
 
 
 def classify(model, processor, path: Path) -> str:
-    conversation = [{"role": "user", "content": [{"type": "audio", "path": str(path)}, {"type": "text", "text": INSTRUCTION}]}]
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "path": str(path)}, {"type": "text", "text": INSTRUCTION}]}
+    ]
     inputs = processor.apply_chat_template(conversation)
     output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -381,7 +437,7 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
     """The answer depends on the audio only (same text, no transcript); training must find it in the sound."""
     import datasets
 
-    from processing.sft_setup import (
+    from desta_audio.training.setup import (
         DestaScriptArguments,
         build_trainer,
         freeze_for_sft,
@@ -410,10 +466,20 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
     for row in rows:
         del row["messages"][0]  # no system prompt: a shorter prompt for the tiny LLM
     args = sft_args(
-        output_dir=str(folder / "run"), max_steps=200, per_device_train_batch_size=2, learning_rate=5e-4, adam_beta2=0.98,
-        weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10, save_strategy="no",
+        output_dir=str(folder / "run"),
+        max_steps=200,
+        per_device_train_batch_size=2,
+        learning_rate=5e-4,
+        adam_beta2=0.98,
+        weight_decay=0.01,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        logging_steps=10,
+        save_strategy="no",
     )
-    trainer = build_trainer(model, processor, args, DestaScriptArguments(audio_root=str(folder)), datasets.Dataset.from_list(rows))
+    trainer = build_trainer(
+        model, processor, args, DestaScriptArguments(audio_root=str(folder)), datasets.Dataset.from_list(rows)
+    )
     trainer.train()
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -430,7 +496,7 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
 def test_frozen_whisper_builds_no_graph_under_activation_checkpointing(llm_dir, whisper_dir, audio_dir):
     """Checkpointing (and PEFT) hook every input embedding to require grad, Whisper's conv1 included; a frozen
     encoder must still run without autograd, or each step would backpropagate through all of Whisper."""
-    from processing.sft_setup import freeze_for_sft
+    from desta_audio.training.setup import freeze_for_sft
 
     model, processor = small_model(llm_dir, whisper_dir)
     freeze_for_sft(model).train()
@@ -452,7 +518,7 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
     import datasets
     from trl import ModelConfig
 
-    from processing.sft_setup import (
+    from desta_audio.training.setup import (
         DestaScriptArguments,
         build_trainer,
         freeze_for_sft,
@@ -468,8 +534,14 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
         model,
         processor,
         sft_args(
-            output_dir=str(tmp_path / "lora"), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-2, save_strategy="no",
-            bf16=True, use_cpu=True, gradient_checkpointing=True,  # TRL's defaults: autocast and checkpointing (with PEFT's input-grad hook)
+            output_dir=str(tmp_path / "lora"),
+            max_steps=3,
+            per_device_train_batch_size=2,
+            learning_rate=1e-2,
+            save_strategy="no",
+            bf16=True,
+            use_cpu=True,
+            gradient_checkpointing=True,  # TRL's defaults: autocast and checkpointing (with PEFT's input-grad hook)
         ),
         DestaScriptArguments(audio_root=str(audio_dir)),
         datasets.Dataset.from_list(rows),
@@ -487,7 +559,13 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
     lora_targets = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
     assert any(name.startswith("model.connector.") for name in moved)
     assert any(name.startswith("model.language_model.") for name in moved)
-    unexpected = [n for n in moved if not (n.startswith("model.connector.") or (n.startswith("model.language_model.") and n.endswith(lora_targets)))]
+    unexpected = [
+        n
+        for n in moved
+        if not (
+            n.startswith("model.connector.") or (n.startswith("model.language_model.") and n.endswith(lora_targets))
+        )
+    ]
     assert not unexpected, unexpected
     assert (output / "lora_adapter" / "adapter_config.json").exists()
 
@@ -496,7 +574,7 @@ def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir
     import datasets
     from transformers import TrainerCallback
 
-    from processing.sft_setup import (
+    from desta_audio.training.setup import (
         DestaScriptArguments,
         build_trainer,
         freeze_for_sft,
@@ -516,7 +594,9 @@ def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir
     def trainer_for(max_steps, callback=None):
         model, processor = small_model(llm_dir, whisper_dir)
         args = sft_args(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=2, save_steps=2)
-        return build_trainer(freeze_for_sft(model), processor, args, script_args, rows, callbacks=[callback] if callback else None)
+        return build_trainer(
+            freeze_for_sft(model), processor, args, script_args, rows, callbacks=[callback] if callback else None
+        )
 
     trainer_for(2).train()
     assert (tmp_path / "checkpoint-2" / "trainer_state.json").exists()
@@ -538,7 +618,10 @@ def ddp_run(tmp_path_factory, llm_dir, whisper_dir, audio_dir) -> Path:
     without an MPI hostfile); `--multi_gpu` goes through torchrun, and `--use_cpu true` keeps the ranks on CPU.
     """
     work = tmp_path_factory.mktemp("ddp")
-    rows = [record(f"r{i}", name, f"It is {kind}.") for i, (name, kind) in enumerate([("hello.wav", "speech"), ("tone.wav", "a tone")] * 4)]
+    rows = [
+        record(f"r{i}", name, f"It is {kind}.")
+        for i, (name, kind) in enumerate([("hello.wav", "speech"), ("tone.wav", "a tone")] * 4)
+    ]
     write_jsonl(work / "data" / "records" / "shard-00000-of-00001.jsonl", rows)
     output = work / "out"
     command = [
@@ -559,7 +642,14 @@ def test_two_process_data_parallel_training_saves(ddp_run):
     assert state["global_step"] == 2
     # 2 processes x 2 per device = 4 samples per step: 2 steps cover the 8 records once.
     assert state["log_history"][-1]["epoch"] == pytest.approx(1.0)
-    for name in ("model.safetensors", "config.json", "generation_config.json", "processor_config.json", "modeling_desta.py", "README.md"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "processor_config.json",
+        "modeling_desta.py",
+        "README.md",
+    ):
         assert (ddp_run / name).exists(), name
     card = (ddp_run / "README.md").read_text()
     assert "pipeline_tag: audio-text-to-text" in card and "| steps | 2 |" in card
@@ -599,6 +689,14 @@ def test_trained_folder_loads_with_remote_code_alone_and_generates(ddp_run, audi
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(SUBPROCESS_ENV, PYTHONNOUSERSITE="1")
-    result = subprocess.run([sys.executable, "-I", "-c", script], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "generated" in result.stdout

@@ -9,29 +9,28 @@ connector's `perception.connector.*` tensors, and a `config.json` naming the LLM
 loads it strictly, and writes model + processor (+ model card) into one folder that loads with
 `trust_remote_code=True` alone:
 
-    python -m modeling_desta.convert_desta25 --checkpoint DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B --output out/ \\
+    desta-audio convert --checkpoint DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B --output out/ \\
         [--push-to-hub you/DeSTA2.5-Audio-Llama-3.1-8B] [--dtype bfloat16] [--facts facts.yaml]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from pathlib import Path
 
 import torch
-import yaml
 from huggingface_hub import snapshot_download
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, WhisperConfig
 
-from processing.processing_desta import DEFAULT_SYSTEM_PROMPT, REFERENCE_AUDIO_LOCATOR, DestaProcessor
+from modeling_desta import DestaForConditionalGeneration
+from modeling_desta.configuration_desta import REFERENCE_AUDIO_LAYER_IDS
+from processing import DEFAULT_SYSTEM_PROMPT, DestaProcessor
+from processing.processing_desta import REFERENCE_AUDIO_LOCATOR
 
-from .configuration_desta import REFERENCE_AUDIO_LAYER_IDS
-from .hub import publish, render_model_card
-from .modeling_desta import DestaForConditionalGeneration
+from .card import render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +61,18 @@ REFERENCE_QFORMER_SETTINGS = {
 WHISPER_SIZE_BY_ENCODER_LAYERS = {4: "tiny", 12: "small", 24: "medium", 32: "large"}
 # What a component repo needs here: configs, the default safetensors weights, tokenizer and chat-template files;
 # never the pickled, original-format or other-precision duplicates (e.g. `model.fp32-*`) some repos also carry.
-COMPONENT_FILES = ["*.json", "model.safetensors", "model-*-of-*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+COMPONENT_FILES = [
+    "*.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "*.txt",
+    "*.jinja",
+    "*.model",
+    "*.tiktoken",
+]
 CHECKPOINT_FILES = ["config.json", REFERENCE_WEIGHTS]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Model-card facts of the release: its recipe (DESIGN.md 1.2) and the authors' published numbers (1.4).
+# Model-card facts of the release: its recipe (paper, arXiv 2507.02768, training set-up) and the authors' published numbers (1.4).
 RELEASE_FACTS = {
     "model_name": "DeSTA2.5-Audio-Llama-3.1-8B",
     "license": "llama3.1",
@@ -123,10 +129,14 @@ def read_reference_config(folder: Path) -> dict:
     if mode != SUPPORTED_CONNECTOR_MODE:
         raise ConversionError(f"connector_mode={mode!r} is not supported; only {SUPPORTED_CONNECTOR_MODE!r} exists.")
     if config.get("use_lora"):
-        raise ConversionError("use_lora=true: LoRA weights on the LLM have no place here; only connector-only checkpoints convert.")
+        raise ConversionError(
+            "use_lora=true: LoRA weights on the LLM have no place here; only connector-only checkpoints convert."
+        )
     if config["audio_locator"] != REFERENCE_AUDIO_LOCATOR:
         # DestaProcessor reads reference-format messages by this locator; another one would go unrecognised.
-        raise ConversionError(f"audio_locator={config['audio_locator']!r} is not {REFERENCE_AUDIO_LOCATOR!r}, the one DestaProcessor reads.")
+        raise ConversionError(
+            f"audio_locator={config['audio_locator']!r} is not {REFERENCE_AUDIO_LOCATOR!r}, the one DestaProcessor reads."
+        )
     return config
 
 
@@ -189,7 +199,9 @@ def build_processor(llm_dir: Path, whisper_dir: Path, reference: dict) -> DestaP
     )
 
 
-def build_model(llm_dir: Path, whisper_dir: Path, reference: dict, processor: DestaProcessor, dtype) -> DestaForConditionalGeneration:
+def build_model(
+    llm_dir: Path, whisper_dir: Path, reference: dict, processor: DestaProcessor, dtype
+) -> DestaForConditionalGeneration:
     """Our model around the fetched LLM and Whisper, with the reference's connector settings set explicitly."""
     whisper_config = WhisperConfig.from_pretrained(whisper_dir)
     model = DestaForConditionalGeneration.from_components(
@@ -251,34 +263,3 @@ def convert(
         (output / "README.md").write_text(card, encoding="utf-8")
     logger.info("Wrote %s (taps %s, %s)", output, model.config.audio_layer_ids, model.dtype)
     return output
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="Hub id or folder in the released format")
-    parser.add_argument("--output", required=True, help="folder to write the converted checkpoint into")
-    parser.add_argument("--push-to-hub", metavar="REPO", help="publish the converted folder to this Hub repo")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="weights dtype (default bfloat16)")
-    parser.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
-    parser.add_argument("--facts", type=Path, help="YAML/JSON model-card facts (default: the release's, for the release)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    facts = yaml.safe_load(args.facts.read_text(encoding="utf-8")) if args.facts else None
-    output = convert(
-        args.checkpoint,
-        args.output,
-        dtype=DTYPES[args.dtype],
-        max_shard_size=args.max_shard_size,
-        facts=facts,
-        repo_id=args.push_to_hub,
-    )
-    if args.push_to_hub:
-        publish(output, args.push_to_hub)
-
-
-if __name__ == "__main__":
-    main()

@@ -19,17 +19,17 @@ import torch
 from trl import ScriptArguments, SFTConfig, SFTTrainer
 
 from modeling_desta import DestaForConditionalGeneration
+from processing import DestaProcessor
 
-from .processing_desta import DestaProcessor
-from .sft_collator import BAD_RECORD_POLICIES, PADDING_SIDES, DestaSFTCollator
+from ..common import load_dataset_from, resolve_dtype
+from ..hub.card import write_model_card
+from .collator import BAD_RECORD_POLICIES, PADDING_SIDES, DestaSFTCollator
 
 logger = logging.getLogger(__name__)
 
 # The LLM's attention projections, addressed only inside the language model: Whisper has q_proj/k_proj/v_proj too.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLM_MODULE_PATTERN = r"model\.language_model\..*\."
-BUILD_DATASET_SUBDIR = "dataset"
-BUILD_RECORDS_SUBDIR = "records"
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
@@ -46,7 +46,9 @@ class DestaScriptArguments(ScriptArguments):
     )
     audio_column: str = field(
         default="audio",
-        metadata={"help": "Record column whose audio fills audio items that carry none (e.g. a datasets Audio column)."},
+        metadata={
+            "help": "Record column whose audio fills audio items that carry none (e.g. a datasets Audio column)."
+        },
     )
     llm: str | None = field(
         default=None, metadata={"help": "Causal LM (Hub id or folder) for a fresh model; use with --whisper."}
@@ -58,7 +60,8 @@ class DestaScriptArguments(ScriptArguments):
     qformer_num_hidden_layers: int = field(default=6, metadata={"help": "Fresh connector: Q-Former depth."})
     qformer_intermediate_size: int = field(default=3072, metadata={"help": "Fresh connector: feed-forward width."})
     audio_layer_ids: list[int] | None = field(
-        default=None, metadata={"help": "Fresh connector: 0-based Whisper encoder layers to tap (default: 4 evenly spaced)."}
+        default=None,
+        metadata={"help": "Fresh connector: 0-based Whisper encoder layers to tap (default: 4 evenly spaced)."},
     )
     max_transcript_tokens: int | None = field(
         default=100, metadata={"help": "Cap on each transcript's LLM tokens (the release used 100)."}
@@ -71,14 +74,20 @@ class DestaScriptArguments(ScriptArguments):
             "choices": list(BAD_RECORD_POLICIES),
         },
     )
-    padding_side: str = field(default="right", metadata={"help": "Padding side of training batches.", "choices": list(PADDING_SIDES)})
-    license: str = field(default="other", metadata={"help": "License named in the model card (the base models' terms apply)."})
+    padding_side: str = field(
+        default="right", metadata={"help": "Padding side of training batches.", "choices": list(PADDING_SIDES)}
+    )
+    license: str = field(
+        default="other", metadata={"help": "License named in the model card (the base models' terms apply)."}
+    )
 
 
 # ----------------------------------------------------------------------------- model
 
 
-def load_model_and_processor(script_args: DestaScriptArguments, model_args) -> tuple[DestaForConditionalGeneration, DestaProcessor]:
+def load_model_and_processor(
+    script_args: DestaScriptArguments, model_args
+) -> tuple[DestaForConditionalGeneration, DestaProcessor]:
     """From a Desta checkpoint (`--model_name_or_path`) or from components (`--llm` + `--whisper`, fresh connector)."""
     dtype = resolve_dtype(model_args.dtype)
     if model_args.model_name_or_path:
@@ -87,10 +96,15 @@ def load_model_and_processor(script_args: DestaScriptArguments, model_args) -> t
         revision = model_args.model_revision
         processor = DestaProcessor.from_pretrained(model_args.model_name_or_path, revision=revision)
         model = DestaForConditionalGeneration.from_pretrained(
-            model_args.model_name_or_path, revision=revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+            model_args.model_name_or_path,
+            revision=revision,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
         )
     elif script_args.llm and script_args.whisper:
-        processor = DestaProcessor.from_components(script_args.llm, script_args.whisper, num_audio_queries=script_args.num_audio_queries)
+        processor = DestaProcessor.from_components(
+            script_args.llm, script_args.whisper, num_audio_queries=script_args.num_audio_queries
+        )
         model = DestaForConditionalGeneration.from_components(
             script_args.llm,
             script_args.whisper,
@@ -106,12 +120,6 @@ def load_model_and_processor(script_args: DestaScriptArguments, model_args) -> t
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model, processor
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
-    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
-        return dtype
-    return getattr(torch, dtype)
 
 
 def connector_overrides(script_args: DestaScriptArguments) -> dict[str, Any]:
@@ -179,13 +187,13 @@ def load_sft_dataset(script_args: DestaScriptArguments):
     name, files, streaming = script_args.dataset_name, script_args.data_files, script_args.dataset_streaming
     if files:
         builder = name or data_file_builder(files)
-        loaded = datasets.load_dataset(builder, name=script_args.dataset_config, data_files=list(files), streaming=streaming)
+        loaded = datasets.load_dataset(
+            builder, name=script_args.dataset_config, data_files=list(files), streaming=streaming
+        )
     elif name is None:
         raise ValueError("Give --dataset_name (Hub id or folder) or --data_files.")
-    elif Path(name).is_dir():
-        loaded = load_local_dataset(Path(name), streaming)
     else:
-        loaded = datasets.load_dataset(name, name=script_args.dataset_config, streaming=streaming)
+        loaded = load_dataset_from(name, script_args.dataset_config, streaming)
     return as_dataset_dict(loaded, script_args.dataset_train_split)
 
 
@@ -193,26 +201,10 @@ def data_file_builder(files: list[str]) -> str:
     suffixes = {Path(f).suffix.lower() for f in files}
     builders = {DATA_FILE_BUILDERS.get(s) for s in suffixes}
     if len(builders) != 1 or None in builders:
-        raise ValueError(f"Cannot tell one datasets builder from the data file types {sorted(suffixes)}; give --dataset_name (e.g. json).")
+        raise ValueError(
+            f"Cannot tell one datasets builder from the data file types {sorted(suffixes)}; give --dataset_name (e.g. json)."
+        )
     return builders.pop()
-
-
-def load_local_dataset(folder: Path, streaming: bool):
-    """build_dataset.py output (DIR/dataset saved, else DIR/records/*.jsonl), a saved dataset, or a data folder."""
-    import datasets
-
-    for candidate in (folder / BUILD_DATASET_SUBDIR, folder):
-        if is_saved_dataset(candidate):
-            loaded = datasets.load_from_disk(str(candidate))
-            return loaded.to_iterable_dataset() if streaming and isinstance(loaded, datasets.Dataset) else loaded
-    shards = sorted((folder / BUILD_RECORDS_SUBDIR).glob("*.jsonl"))
-    if shards:
-        return datasets.load_dataset("json", data_files=[str(s) for s in shards], streaming=streaming)
-    return datasets.load_dataset(str(folder), streaming=streaming)
-
-
-def is_saved_dataset(folder: Path) -> bool:
-    return (folder / "state.json").exists() or (folder / "dataset_dict.json").exists()
 
 
 def as_dataset_dict(loaded, split: str):
@@ -358,105 +350,6 @@ def card_info_from_args(script_args: DestaScriptArguments, model_args, training_
         "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
         "license": script_args.license,
     }
-
-
-def write_model_card(output_dir: str | os.PathLike, config, info: dict[str, Any]) -> Path:
-    """README.md: the project's full card (`modeling_desta.hub.render_model_card`) when the run can fill it
-    (Hub ids for both base models and the data), else a minimal card with this run's facts."""
-    try:
-        card = full_model_card(config, info)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        logger.info("writing a minimal model card: %s", error)
-        card = minimal_model_card(info)
-    path = Path(output_dir) / "README.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(card, encoding="utf-8")
-    return path
-
-
-def full_model_card(config, info: dict[str, Any]) -> str:
-    from modeling_desta.hub import is_hub_id, render_model_card
-
-    dataset = info.get("dataset")
-    facts = {
-        "repo_id": info.get("repo_id"),
-        "license": info.get("license"),
-        "datasets": [dataset] if is_hub_id(dataset) else [],
-        "training": training_facts(info),
-        "evaluation": {
-            "source": "No benchmark has been run on this checkpoint yet (see `desta-audio eval`); the only number "
-            "below is this training run's last logged loss.",
-            "results": [{"benchmark": "training data", "metric": "cross-entropy loss (last log)", "score": _fmt(info.get("final_loss"))}],
-        },
-        "audio_token": info.get("audio_token"),
-    }
-    if info.get("llm") and info.get("whisper"):
-        facts["base_models"] = [info["llm"], info["whisper"]]
-    return render_model_card(config, facts)
-
-
-def training_facts(info: dict[str, Any]) -> dict[str, Any]:
-    facts = {
-        "trained": "connector + LoRA on the LLM (merged)" if info.get("lora") else "connector only (Whisper and LLM frozen)",
-        "started from": info.get("base_model") or "components (fresh connector)",
-        "data": info.get("dataset"),
-        "steps": info.get("global_step"),
-        "epochs": _fmt(info.get("epoch")),
-        "loss": _fmt(info.get("final_loss")),
-        "learning rate": info.get("learning_rate"),
-    }
-    return {name: value for name, value in facts.items() if value not in (None, "")}
-
-
-def minimal_model_card(info: dict[str, Any]) -> str:
-    base_models = [m for m in (info.get("base_model"), info.get("llm"), info.get("whisper")) if m and not os.path.isdir(m)]
-    front_matter = ["---", "library_name: transformers", "pipeline_tag: audio-text-to-text", "tags:", "- desta", "- audio", "- trl", "- sft"]
-    if base_models:
-        front_matter += ["base_model:", *(f"- {m}" for m in base_models)]
-    front_matter.append("---")
-    rows = [f"| {name} | {value} |" for name, value in {"LLM": info.get("llm"), "Whisper": info.get("whisper"), **training_facts(info)}.items() if value]
-    repo = info.get("repo_id") or "path/to/this/folder"
-    body = [
-        "",
-        "# DeSTA2.5-Audio fine-tune",
-        "",
-        (
-            "A DeSTA2.5-Audio model (Whisper encoder + Q-Former connector + LLM) fine-tuned with `train_sft.py` "
-            "(TRL `SFTTrainer`) on self-generated audio instruction data."
-        ),
-        "",
-        "| | |",
-        "| --- | --- |",
-        *rows,
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoModel, AutoProcessor",
-        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
-        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)',
-        "```",
-        "",
-    ]
-    return "\n".join(front_matter + body)
-
-
-def _fmt(value) -> str | None:
-    return None if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-__all__ = [
-    "DestaSFTTrainer",
-    "DestaScriptArguments",
-    "build_trainer",
-    "freeze_for_sft",
-    "load_model_and_processor",
-    "load_sft_dataset",
-    "lora_config",
-    "resume_target",
-    "save_final_model",
-    "write_model_card",
-]
 
 
 def leave_distributed_run() -> None:

@@ -1,21 +1,19 @@
 """Build the smoke audio QA set offline from espeak-ng speech and sox tones, noise and beeps (MMAU layout).
 
-    python -m processing.make_smoke_qa OUT_DIR
+    desta-audio smoke-qa OUT_DIR
 
 writes `OUT_DIR/audio/*.wav` (16 kHz mono 16-bit) and `OUT_DIR/smoke_qa.json`, whose records (`id`, `audio_id`,
 `question`, `choices`, `answer`, `task`, `sub-category`, `difficulty`) equal the committed
-`processing/smoke_qa_answers.json`. Output is deterministic: espeak-ng is, and sox runs in repeatable mode
+`desta_audio/evaluation/smoke_qa_answers.json`. Output is deterministic: espeak-ng is, and sox runs in repeatable mode
 (`-R`, fixed noise seed). Evaluate it with `desta-audio eval --data-file OUT_DIR/smoke_qa.json ...`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,15 +161,3 @@ def make_smoke_qa(output_dir: str | Path) -> Path:
     data_path.write_text(json.dumps([q.record() for q in questions], indent=2) + "\n")
     logger.info("wrote %d questions to %s", len(questions), data_path)
     return data_path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m processing.make_smoke_qa", description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
-    args = parser.parse_args(argv)
-    sys.stdout.write(f"{make_smoke_qa(args.output_dir)}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,23 +1,19 @@
 """Tiny offline stand-ins for the real components: a Llama-3-style tokenizer trained in milliseconds,
 tiny Llama / Whisper models built from configs, and real audio made with espeak-ng and sox.
 
-Shared by the tests and the benchmarks; nothing here touches the network.
+Shared by the tests and the benchmarks (`desta_audio.testing`); nothing here touches the network.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SHARED_TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
-LLAMA3_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -138,17 +134,6 @@ def build_whisper(d_model: int = 64, encoder_layers: int = 4, decoder_layers: in
     return model
 
 
-def real_whisper_tiny_en(target_dir: str | Path) -> Path | None:
-    """The real pretrained Whisper tiny.en built offline by ../shared/tools; None when that tool is absent."""
-    tool = SHARED_TOOLS / "whisper_tiny_en.py"
-    if not tool.exists():
-        return None
-    target_dir = Path(target_dir)
-    if not (target_dir / "model.safetensors").exists():
-        subprocess.run([sys.executable, str(tool), str(target_dir)], check=True, capture_output=True)
-    return target_dir
-
-
 def speak(path: str | Path, text: str, voice: str = "en-us", rate: int = 16000, speed: int = 150) -> Path:
     """Speech with a known transcript, via espeak-ng, resampled by sox to `rate` Hz mono."""
     path = Path(path)
@@ -159,7 +144,9 @@ def speak(path: str | Path, text: str, voice: str = "en-us", rate: int = 16000, 
     return path
 
 
-def sox_synth(path: str | Path, seconds: float, kind: str = "sine", freq: float = 440.0, rate: int = 16000, channels: int = 1) -> Path:
+def sox_synth(
+    path: str | Path, seconds: float, kind: str = "sine", freq: float = 440.0, rate: int = 16000, channels: int = 1
+) -> Path:
     """A tone (`sine`, `square`, ...) or noise (`whitenoise`, `pinknoise`) made by sox."""
     path = Path(path)
     if seconds <= 0:
@@ -175,7 +162,9 @@ def sox_synth(path: str | Path, seconds: float, kind: str = "sine", freq: float 
 
 def sox_silence(path: str | Path, seconds: float, rate: int = 16000) -> Path:
     path = Path(path)
-    subprocess.run(["sox", "-n", "-r", str(rate), "-c", "1", str(path), "trim", "0", str(seconds)], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", "-n", "-r", str(rate), "-c", "1", str(path), "trim", "0", str(seconds)], check=True, capture_output=True
+    )
     return path
 
 

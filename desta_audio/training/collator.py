@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .processing_desta import AUDIO_SOURCE_KEYS, DestaProcessor, audio_source
+from processing.audio_io import AUDIO_SOURCE_KEYS, audio_source
+from processing.processing_desta import DestaProcessor
+
+from ..common import resolve_audio_path
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +97,6 @@ def split_response(record: dict[str, Any], rid: str) -> tuple[list[dict[str, Any
     return messages, str(response)
 
 
-def resolve_path(value: Any, audio_root: str | os.PathLike | None) -> Any:
-    """Join relative local paths to `audio_root`; absolute paths, URLs and non-path values pass through."""
-    if audio_root is None or not isinstance(value, str) or "://" in value or os.path.isabs(value):
-        return value
-    return os.path.join(os.fspath(audio_root), value)
-
-
 def _has_source(item: dict[str, Any], keys: tuple[str, ...]) -> bool:
     return any(item.get(key) is not None for key in keys)
 
@@ -114,7 +110,9 @@ class _RecordAudio:
 
     def next(self) -> Any:
         if not self.values:
-            raise BadRecordError(self.rid, "missing_audio", "has an audio item with no audio and no record-level audio left")
+            raise BadRecordError(
+                self.rid, "missing_audio", "has an audio item with no audio and no record-level audio left"
+            )
         return self.values.pop(0)
 
 
@@ -133,7 +131,7 @@ def normalize_audio_item(
         item["audio"] = record_audio.next()
     for key in ("path", "audio"):
         if key in item:
-            item[key] = resolve_path(item[key], audio_root)
+            item[key] = resolve_audio_path(item[key], audio_root)
     return item
 
 
@@ -142,7 +140,9 @@ def normalize_message(message: dict[str, Any], audio_root, record_audio: _Record
     if isinstance(content, str):
         normalized = {"role": message["role"], "content": content}
         if message.get("audios"):
-            normalized["audios"] = [normalize_audio_item(e, audio_root, record_audio, ("audio", "path")) for e in message["audios"]]
+            normalized["audios"] = [
+                normalize_audio_item(e, audio_root, record_audio, ("audio", "path")) for e in message["audios"]
+            ]
         return normalized
     items = []
     for item in content:
@@ -169,7 +169,9 @@ def normalize_record(
     record_audio = _RecordAudio(record.get(audio_column), rid)
     has_item_audio = any(_mentions_audio(m) for m in messages)
     if not has_item_audio and record_audio.values:
-        raise BadRecordError(rid, "unplaced_audio", f"has {audio_column!r} audio but no audio item or locator in its messages")
+        raise BadRecordError(
+            rid, "unplaced_audio", f"has {audio_column!r} audio but no audio item or locator in its messages"
+        )
     normalized = [normalize_message(m, audio_root, record_audio) for m in messages]
     return SFTExample(id=rid, messages=normalized, response=response)
 
@@ -245,7 +247,9 @@ class DestaSFTCollator:
         length = len(prompt_ids) + len(completion_ids)
         if self.max_length is not None and length > self.max_length:
             raise BadRecordError(
-                example.id, "too_long", f"has {length} tokens (audio included), over max_length={self.max_length}; it is never truncated"
+                example.id,
+                "too_long",
+                f"has {length} tokens (audio included), over max_length={self.max_length}; it is never truncated",
             )
         return EncodedExample(
             input_ids=prompt_ids + completion_ids,
@@ -269,7 +273,9 @@ class DestaSFTCollator:
             )
         ids = self.processor.tokenizer(full_text[len(prompt_text) :].rstrip(), add_special_tokens=False).input_ids
         if self.processor.audio_token_id in ids:
-            raise BadRecordError(example.id, "audio_token_in_response", "has the audio placeholder token in its response")
+            raise BadRecordError(
+                example.id, "audio_token_in_response", "has the audio placeholder token in its response"
+            )
         return ids
 
     def load_audio(self, item: dict[str, Any], rid: str) -> np.ndarray:

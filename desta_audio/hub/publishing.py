@@ -16,37 +16,23 @@ import ast
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import jinja2
-import torch
 import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-from transformers import PreTrainedConfig
 
-from processing.processing_desta import DEFAULT_SYSTEM_PROMPT
+from modeling_desta import DestaConfig
 
-from .configuration_desta import DestaConfig
-from .modeling_desta import DestaConnector
+from .card import check_model_card, render_model_card
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
-DEFAULT_TAGS = ("audio", "speech", "audio-language-model", "desta", "whisper", "q-former", "custom_code")
-DEFAULT_LANGUAGES = ("en",)
-REQUIRED_FACTS = ("repo_id", "license", "datasets", "training", "evaluation")
-REQUIRED_TRAINING_FACTS = ("steps", "loss")
-REQUIRED_FRONT_MATTER = ("library_name", "pipeline_tag", "license", "base_model", "datasets", "tags")
-# Leftovers that mean a template field was never filled (openers only: a closing "}}" is ordinary JSON).
-PLACEHOLDER_PATTERN = re.compile(r"\{\{|\{%|\{#")
-HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Packages of this project: remote code reaching for them works here and breaks for every Hub user.
-PROJECT_PACKAGES = ("modeling_desta", "processing")
+PROJECT_PACKAGES = ("modeling_desta", "processing", "desta_audio")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 UPLOAD_IGNORE_PATTERNS = ["__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".DS_Store", "*.lock"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -57,145 +43,6 @@ class PublishError(RuntimeError):
     """A folder is not fit for the Hub; the message lists every problem found."""
 
 
-# ---------------------------------------------------------------------------------------------- model card
-def render_model_card(config_or_model, facts: dict, template_path: str | os.PathLike | None = None) -> str:
-    """The Hub README for a model: `model_card.md` filled from its config and a run's `facts`.
-
-    `facts` keys: `repo_id`, `license`, `datasets` (list of Hub dataset ids), `training` (a mapping shown as the
-    recipe table; `steps` and `loss` are required, any value a sentence such as "not published"),
-    `evaluation` (`{"source": sentence, "results": [{"benchmark", "metric", "score"}, ...]}`); optional
-    `base_models` (else the sub-configs' `_name_or_path`, which must then be Hub ids), `model_name`, `tags`,
-    `languages`, `system_prompt`. Raises `ValueError` naming any missing field; nothing is left as a placeholder.
-    """
-    config = config_or_model if isinstance(config_or_model, PreTrainedConfig) else config_or_model.config
-    _require_facts(facts)
-    environment = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
-    environment.filters["yaml"] = _yaml_scalar
-    environment.filters["cell"] = _table_cell
-    template_path = Path(template_path or MODEL_CARD_TEMPLATE)
-    if not template_path.exists():
-        raise FileNotFoundError(f"Model card template {template_path} is missing.")
-    card = environment.from_string(template_path.read_text(encoding="utf-8")).render(**card_fields(config, facts))
-    check_model_card(card)
-    return card
-
-
-def card_fields(config: DestaConfig, facts: dict) -> dict:
-    """Every template field, from the config (architecture, base models) and the facts (everything else)."""
-    text_config, audio_config = config.text_config, config.audio_config
-    base_models = list(facts.get("base_models") or _base_models_from_config(config))
-    if len(base_models) != 2:
-        raise ValueError(f"base_models must be [LLM id, Whisper id], got {base_models}.")
-    evaluation = facts["evaluation"]
-    return {
-        "repo_id": facts["repo_id"],
-        "model_name": facts.get("model_name") or facts["repo_id"].split("/")[-1],
-        "license": facts["license"],
-        "base_models": base_models,
-        "datasets": list(facts["datasets"]),
-        "languages": list(facts.get("languages") or DEFAULT_LANGUAGES),
-        "tags": _unique([*DEFAULT_TAGS, *(facts.get("tags") or [])]),
-        "llm_name": base_models[0],
-        "whisper_name": base_models[1],
-        "llm_link": _hub_link(base_models[0]),
-        "whisper_link": _hub_link(base_models[1]),
-        "encoder_layers": audio_config.encoder_layers,
-        "encoder_width": audio_config.d_model,
-        "audio_layer_ids": list(config.audio_layer_ids),
-        "num_audio_queries": config.num_audio_queries,
-        "qformer_layers": config.qformer_num_hidden_layers,
-        "qformer_heads": config.qformer_num_attention_heads,
-        "qformer_ffn": config.qformer_intermediate_size,
-        "llm_layers": text_config.num_hidden_layers,
-        "llm_width": text_config.hidden_size,
-        "connector_parameters": _human_count(connector_parameter_count(config)),
-        "audio_token": f"`{facts['audio_token']}`" if facts.get("audio_token") else f"token id {config.audio_token_id}",
-        "audio_start_text": config.audio_start_text,
-        "audio_end_text": config.audio_end_text,
-        "system_prompt": facts.get("system_prompt") or DEFAULT_SYSTEM_PROMPT,
-        "training": [(name.replace("_", " "), value) for name, value in facts["training"].items()],
-        "evaluation_source": evaluation["source"],
-        "evaluation_results": list(evaluation["results"]),
-    }
-
-
-def check_model_card(card: str) -> dict:
-    """Parse the card's YAML front matter and refuse unfilled fields; returns the front matter."""
-    leftover = PLACEHOLDER_PATTERN.search(card)
-    if leftover:
-        line = card[: leftover.start()].count("\n") + 1
-        raise ValueError(f"The model card still holds a template placeholder {leftover.group()!r} on line {line}.")
-    match = re.match(r"^---\n(.*?)\n---\n", card, flags=re.DOTALL)
-    if not match:
-        raise ValueError("The model card has no YAML front matter between '---' lines.")
-    metadata = yaml.safe_load(match.group(1))
-    if not isinstance(metadata, dict):
-        raise ValueError("The model card's front matter is not a YAML mapping.")
-    missing = [key for key in REQUIRED_FRONT_MATTER if not metadata.get(key)]
-    if missing:
-        raise ValueError(f"The model card's front matter lacks {missing}.")
-    return metadata
-
-
-def connector_parameter_count(config: DestaConfig) -> int:
-    """Parameters of the connector (the only trained part), counted on the meta device: nothing is allocated."""
-    with torch.device("meta"):
-        connector = DestaConnector(config)
-    return sum(parameter.numel() for parameter in connector.parameters())
-
-
-def _require_facts(facts: dict) -> None:
-    missing = [key for key in REQUIRED_FACTS if not facts.get(key)]
-    missing += [f"training.{key}" for key in REQUIRED_TRAINING_FACTS if facts.get("training", {}).get(key) in (None, "")]
-    evaluation = facts.get("evaluation") or {}
-    missing += [f"evaluation.{key}" for key in ("source", "results") if evaluation and not evaluation.get(key)]
-    for index, row in enumerate(evaluation.get("results") or []):
-        missing += [f"evaluation.results[{index}].{key}" for key in ("benchmark", "metric", "score") if row.get(key) in (None, "")]
-    if missing:
-        raise ValueError(f"The model card needs these facts: {', '.join(missing)}.")
-
-
-def _base_models_from_config(config: DestaConfig) -> list[str]:
-    """[LLM id, Whisper id] from the sub-configs' `_name_or_path`; local paths cannot name a Hub base model."""
-    names = [config.text_config._name_or_path, config.audio_config._name_or_path]
-    unusable = [name for name in names if not is_hub_id(name)]
-    if unusable:
-        raise ValueError(
-            f"The config names its base models {names}, and {unusable} are not Hub ids; pass facts['base_models'] "
-            "as [LLM id, Whisper id]."
-        )
-    return names
-
-
-def is_hub_id(name: str | None) -> bool:
-    return bool(name) and bool(HUB_ID_PATTERN.match(str(name))) and not Path(str(name)).exists()
-
-
-def _hub_link(name: str) -> str:
-    return f"[{name}](https://huggingface.co/{name})"
-
-
-def _yaml_scalar(value) -> str:
-    """A value as a YAML flow scalar; JSON's quoting is valid YAML and never breaks the front matter."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _table_cell(value) -> str:
-    """A value inside a Markdown table row: a bare "|" (as in `<|eot_id|>`) would split the cell."""
-    return str(value).replace("|", "\\|")
-
-
-def _human_count(count: int) -> str:
-    return f"{count / 1e6:.1f} M" if count >= 1e5 else f"{count:,}"
-
-
-def _unique(items) -> list:
-    return list(dict.fromkeys(items))
-
-
-# ---------------------------------------------------------------------------------------------- folder
 def save_for_hub(model, folder: str | os.PathLike, processor=None, max_shard_size: str | int = "5GB") -> Path:
     """`save_pretrained` of the model (sharded safetensors and remote code) and of the processor, into `folder`."""
     folder = Path(folder)
@@ -279,7 +126,9 @@ def _import_problems(path: Path) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.level:
             if node.level > 1 or not node.module:
                 dots = "." * node.level
-                problems.append(f"{path.name}: 'from {dots}{node.module or ''} import ...' does not survive flattening; use 'from .module import Name'.")
+                problems.append(
+                    f"{path.name}: 'from {dots}{node.module or ''} import ...' does not survive flattening; use 'from .module import Name'."
+                )
             elif not (path.parent / f"{node.module.split('.')[0]}.py").exists():
                 problems.append(f"{path.name} imports .{node.module} but {node.module.split('.')[0]}.py is missing.")
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -301,7 +150,11 @@ def _weight_problems(folder: Path) -> list[str]:
     index_path = folder / SAFETENSORS_INDEX
     if index_path.exists():
         shards = set(json.loads(index_path.read_text(encoding="utf-8"))["weight_map"].values())
-        problems += [f"{SAFETENSORS_INDEX} names {shard}, which is missing." for shard in sorted(shards) if not (folder / shard).exists()]
+        problems += [
+            f"{SAFETENSORS_INDEX} names {shard}, which is missing."
+            for shard in sorted(shards)
+            if not (folder / shard).exists()
+        ]
         strays = {path.name for path in folder.glob("*.safetensors")} - shards
         problems += [f"{name} is not in {SAFETENSORS_INDEX}." for name in sorted(strays)]
     elif not (folder / SAFETENSORS_SINGLE).exists():
@@ -312,7 +165,9 @@ def _weight_problems(folder: Path) -> list[str]:
 def _processor_problems(folder: Path) -> list[str]:
     problems = []
     processor_files = [folder / name for name in ("processor_config.json", "preprocessor_config.json")]
-    processor_config = next((json.loads(path.read_text(encoding="utf-8")) for path in processor_files if path.exists()), None)
+    processor_config = next(
+        (json.loads(path.read_text(encoding="utf-8")) for path in processor_files if path.exists()), None
+    )
     if processor_config is None:
         problems.append("No processor_config.json / preprocessor_config.json (save the processor into the folder).")
     elif "AutoProcessor" not in (processor_config.get("auto_map") or {}):
@@ -332,7 +187,9 @@ def _has_chat_template(folder: Path, tokenizer_config: Path, processor_config: d
         return True
     if processor_config and processor_config.get("chat_template"):
         return True
-    return tokenizer_config.exists() and bool(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("chat_template"))
+    return tokenizer_config.exists() and bool(
+        json.loads(tokenizer_config.read_text(encoding="utf-8")).get("chat_template")
+    )
 
 
 def _card_problems(folder: Path) -> list[str]:
@@ -346,7 +203,6 @@ def _card_problems(folder: Path) -> list[str]:
     return []
 
 
-# ---------------------------------------------------------------------------------------------- clean load
 # Runs in a fresh interpreter whose cwd is an empty temp dir. The project may be pip-installed in this
 # environment, so its packages are blocked outright: the folder must stand on its own remote code.
 VERIFY_SCRIPT = r"""
@@ -406,14 +262,17 @@ def verify_loads(folder: str | os.PathLike, new_tokens: int = 3, timeout: float 
         raise PublishError(f"{folder} does not load in a clean interpreter:\n{result.stderr[-4000:]}")
     report = json.loads(lines[-1].removeprefix("VERIFY_REPORT "))
     if report["new_tokens"] != new_tokens:
-        raise PublishError(f"{folder} generated {report['new_tokens']} tokens in a clean interpreter, not {new_tokens}.")
+        raise PublishError(
+            f"{folder} generated {report['new_tokens']} tokens in a clean interpreter, not {new_tokens}."
+        )
     if report.get("pipeline_answered") is False:
-        raise PublishError(f"The audio-text-to-text pipeline of {folder} gave no generated_text in a clean interpreter.")
+        raise PublishError(
+            f"The audio-text-to-text pipeline of {folder} gave no generated_text in a clean interpreter."
+        )
     logger.info("Clean load of %s: %s", folder, report)
     return report
 
 
-# ---------------------------------------------------------------------------------------------- upload
 def upload_file_list(folder: str | os.PathLike) -> list[str]:
     """The exact relative paths `upload` sends: every file but VCS, Hub-cache and Python-cache litter."""
     folder = Path(folder)
@@ -477,16 +336,3 @@ def _publish_folder(folder, repo_id, processor, facts, private, token, commit_me
 def _processor_audio_token(folder: Path) -> str | None:
     path = folder / "processor_config.json"
     return json.loads(path.read_text(encoding="utf-8")).get("audio_token") if path.exists() else None
-
-
-__all__ = [
-    "PublishError",
-    "check_folder",
-    "check_model_card",
-    "publish",
-    "render_model_card",
-    "save_for_hub",
-    "upload",
-    "upload_file_list",
-    "verify_loads",
-]

@@ -1,0 +1,303 @@
+"""`desta-audio`, the one command-line front end of the project (nothing imports this module).
+
+    desta-audio chat clip.wav [more.wav ...] -p "What is the speaker's emotion?" [--model REPO_OR_DIR] [--stream] [-v]
+    desta-audio eval (--data-file FILE | --dataset NAME | --rescore PREDICTIONS | --retention) [--model ...]
+    desta-audio convert --checkpoint DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B --output DIR [--push-to-hub REPO]
+    desta-audio smoke-qa OUT_DIR
+
+See docs/evaluation.md for `eval`; `build_dataset.py` and `train_sft.py` are scripts of their own.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from processing import DEFAULT_SYSTEM_PROMPT
+
+from . import evaluation as ev
+from .common import DTYPES, load_pipeline
+from .evaluation.smoke_qa import make_smoke_qa
+from .hub.convert import convert
+from .hub.publishing import publish
+
+DEFAULT_MODEL_ID = "desta-audio/DeSTA2.5-Audio-Llama-3.1-8B"
+DEFAULT_PROMPT = "Describe the audio."
+DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
+
+logger = logging.getLogger("desta-audio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="desta-audio", description="DeSTA2.5-Audio from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_chat_arguments(commands.add_parser("chat", help="answer a question about audio clips")).set_defaults(
+        handler=run_chat
+    )
+    add_eval_arguments(
+        commands.add_parser("eval", help="score a benchmark, re-score predictions, or check knowledge retention")
+    ).set_defaults(handler=run_eval)
+    add_convert_arguments(
+        commands.add_parser("convert", help="convert the authors' release format into a self-contained checkpoint")
+    ).set_defaults(handler=run_convert)
+    smoke = commands.add_parser("smoke-qa", help="build the 16-question espeak-ng/sox audio QA set offline")
+    smoke.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
+    smoke.set_defaults(handler=run_smoke_qa)
+    return parser
+
+
+def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    chat.add_argument("audio", nargs="+", help="audio files or http(s) URLs, all placed in one user turn")
+    chat.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help=f"the question (default: {DEFAULT_PROMPT!r})")
+    chat.add_argument(
+        "--system", default=DEFAULT_SYSTEM_PROMPT, help=f"system prompt (default: {DEFAULT_SYSTEM_PROMPT!r})"
+    )
+    chat.add_argument("--transcript", action="append", default=None, help="transcript per clip, in order (skips ASR)")
+    chat.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"Hub id or local folder (default: {DEFAULT_MODEL_ID})")
+    chat.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+    chat.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    chat.add_argument("--temperature", type=float, default=0.7, help="with --sample")
+    chat.add_argument("--top-p", type=float, default=0.9, help="with --sample")
+    chat.add_argument("--stream", action="store_true", help="print the answer token by token")
+    chat.add_argument("-v", "--verbose", action="store_true", help="also print the transcripts used")
+    return chat
+
+
+def check_audio_inputs(paths: list[str]) -> None:
+    missing = [p for p in paths if not p.startswith(("http://", "https://")) and not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError("audio file not found: " + ", ".join(missing))
+
+
+def build_conversation(args) -> list[dict]:
+    transcripts = args.transcript or []
+    if transcripts and len(transcripts) != len(args.audio):
+        raise ValueError(f"got {len(transcripts)} --transcript values for {len(args.audio)} audio clips")
+    items = [
+        {"type": "audio", "path": path, **({"transcript": transcripts[i]} if transcripts else {})}
+        for i, path in enumerate(args.audio)
+    ]
+    conversation = [{"role": "user", "content": items + [{"type": "text", "text": args.prompt}]}]
+    if args.system:
+        conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
+    return conversation
+
+
+def generation_kwargs(args) -> dict:
+    kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
+    if args.sample:
+        kwargs.update(temperature=args.temperature, top_p=args.top_p)
+    return kwargs
+
+
+def run_chat(args) -> int:
+    check_audio_inputs(args.audio)
+    conversation = build_conversation(args)
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    if args.stream:
+        result = stream_answer(pipe, conversation, generation_kwargs(args))
+    else:
+        result = pipe(conversation, **generation_kwargs(args))
+        sys.stdout.write(result["generated_text"] + "\n")
+    if args.verbose:
+        for path, transcript in zip(args.audio, result["transcripts"]):
+            sys.stderr.write(f"[transcript] {path}: {transcript}\n")
+    return 0
+
+
+def stream_answer(pipe, conversation: list[dict], kwargs: dict) -> dict:
+    """Print tokens as `generate` produces them; return the pipeline's full result."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result, errors = {}, []
+
+    def answer():
+        try:
+            result.update(pipe(conversation, streamer=streamer, **kwargs))
+        except Exception as error:  # re-raised in the main thread once the streamer is released
+            errors.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=answer)
+    worker.start()
+    for piece in streamer:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    worker.join()
+    if errors:
+        raise errors[0]
+    sys.stdout.write("\n")
+    return result
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--data-file", help="benchmark records: JSON list (MMAU layout) or JSONL")
+    mode.add_argument("--dataset", help="benchmark as a datasets Hub id or save_to_disk folder")
+    mode.add_argument(
+        "--rescore", metavar="PREDICTIONS", help="re-score a predictions.jsonl (or a reference MMAU results .json)"
+    )
+    mode.add_argument("--retention", action="store_true", help="knowledge-retention check against the base LLM")
+
+    parser.add_argument("--model", help="Desta folder or Hub id (benchmark and retention modes)")
+    parser.add_argument(
+        "--output-dir", default=DEFAULT_EVAL_OUTPUT_DIR, help=f"where results go (default: {DEFAULT_EVAL_OUTPUT_DIR})"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"greedy generation length (default: {ev.BENCHMARK_MAX_NEW_TOKENS} for benchmarks, as the "
+        f"reference; {ev.RETENTION_MAX_NEW_TOKENS} for retention)",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+    data = parser.add_argument_group("benchmark data")
+    data.add_argument("--split", default="test", help="dataset split (default: test)")
+    data.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    data.add_argument("--audio-root", help="folder relative audio paths start from (default: the data file's folder)")
+    data.add_argument(
+        "--format", default="auto", choices=["auto", "mcq", "open", "asr"], help="auto: mcq when records have choices"
+    )
+    data.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    data.add_argument("--id-column", default="id")
+    data.add_argument("--question-column", default="question")
+    data.add_argument("--choices-column", default="choices")
+    data.add_argument("--answer-column", default="answer")
+    data.add_argument(
+        "--audio-column", default=None, help="default: the first of audio_id, audio, audio_path, path, file"
+    )
+    data.add_argument("--transcript-column", default=None, help="use these transcripts instead of Whisper's ASR")
+    data.add_argument(
+        "--category-columns",
+        nargs="+",
+        default=None,
+        help="fields to break results down by (default: task, category, sub-category, difficulty where present)",
+    )
+    data.add_argument("--no-asr", action="store_true", help="give every clip an empty transcript (connector only)")
+    data.add_argument(
+        "--system-prompt",
+        default=None,
+        help="default: the reference's MMAU prompt for mcq, 'Focus on the audio clips and instructions.' otherwise",
+    )
+
+    retention = parser.add_argument_group("knowledge retention")
+    retention.add_argument(
+        "--base-llm", default=None, help="base LLM folder or Hub id (default: rebuilt from the model's own LLM weights)"
+    )
+    retention.add_argument(
+        "--retention-prompts",
+        default=None,
+        help="prompts .txt (one per line) or .jsonl with prompt/reference (default: built-in)",
+    )
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the mode `args` selects, write JSON + Markdown into --output-dir, print the Markdown table."""
+    logging.getLogger("desta_audio.evaluation").setLevel(logging.INFO)
+    if args.rescore:
+        results = ev.rescore(args.rescore, args.output_dir, args.category_columns)
+        sys.stdout.write(ev.results_markdown(results))
+        return 0
+    if not args.model:
+        raise ValueError("--model is required to run a benchmark or the retention check")
+    if args.retention:
+        model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
+        report = ev.knowledge_retention(
+            model,
+            tokenizer,
+            base_llm=args.base_llm,
+            prompts=ev.load_retention_prompts(args.retention_prompts),
+            max_new_tokens=args.max_new_tokens or ev.RETENTION_MAX_NEW_TOKENS,
+            batch_size=args.batch_size,
+        )
+        ev.write_retention(report, args.output_dir)
+        sys.stdout.write(ev.retention_markdown(report))
+        return 0
+    columns = ev.BenchmarkColumns(
+        id=args.id_column,
+        question=args.question_column,
+        choices=args.choices_column,
+        answer=args.answer_column,
+        audio=args.audio_column,
+        transcript=args.transcript_column,
+        categories=args.category_columns,
+    )
+    results = ev.evaluate_benchmark(
+        args.model,
+        args.output_dir,
+        data_file=args.data_file,
+        dataset=args.dataset,
+        split=args.split,
+        dataset_config=args.dataset_config,
+        audio_root=args.audio_root,
+        columns=columns,
+        fmt=args.format,
+        limit=args.limit,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens or ev.BENCHMARK_MAX_NEW_TOKENS,
+        system_prompt=args.system_prompt,
+        no_asr=args.no_asr,
+        group_by=args.category_columns,
+    )
+    sys.stdout.write(ev.results_markdown(results))
+    return 0
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="Hub id or folder in the released format")
+    parser.add_argument("--output", required=True, help="folder to write the converted checkpoint into")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="publish the converted folder to this Hub repo")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="weights dtype (default bfloat16)")
+    parser.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    parser.add_argument(
+        "--facts", type=Path, help="YAML/JSON model-card facts (default: the release's, for the release)"
+    )
+    return parser
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    logging.getLogger("desta_audio").setLevel(logging.INFO)
+    facts = yaml.safe_load(args.facts.read_text(encoding="utf-8")) if args.facts else None
+    output = convert(
+        args.checkpoint,
+        args.output,
+        dtype=DTYPES[args.dtype],
+        max_shard_size=args.max_shard_size,
+        facts=facts,
+        repo_id=args.push_to_hub,
+    )
+    if args.push_to_hub:
+        publish(output, args.push_to_hub)
+    return 0
+
+
+def run_smoke_qa(args: argparse.Namespace) -> int:
+    sys.stdout.write(f"{make_smoke_qa(args.output_dir)}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        sys.stderr.write(f"desta-audio: error: {error}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The self-generated dataset of the DeSTA recipe: seed descriptions, sources, engines, the JSONL store, the build."""
+
+from .builder import BuildOptions, BuildSummary, build, log_summary
+from .descriptions import load_instructions, seed_description
+from .engines import ResponseGenerator, TransformersGenerator, VLLMGenerator, WhisperTranscriber
+from .sources import SourceColumns, dataset_source, folder_source
+from .store import merge_records
+
+__all__ = [
+    "BuildOptions",
+    "BuildSummary",
+    "ResponseGenerator",
+    "SourceColumns",
+    "TransformersGenerator",
+    "VLLMGenerator",
+    "WhisperTranscriber",
+    "build",
+    "dataset_source",
+    "folder_source",
+    "load_instructions",
+    "log_summary",
+    "merge_records",
+    "seed_description",
+]

@@ -1,0 +1,136 @@
+"""Benchmark runs: every item is asked through the `audio-text-to-text` pipeline (greedy, batched) and its answer
+appended to `predictions.jsonl` batch by batch. Scores are always computed from that file alone, so `rescore`
+reproduces a run's numbers without generating, and a run that stopped resumes where it left off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..common import JsonlWriter, chunks, load_pipeline
+from .data import (
+    BenchmarkColumns,
+    EvalItem,
+    build_conversation,
+    build_items,
+    check_audio_files,
+    detect_format,
+    load_records,
+    prediction_record,
+    resolve_system_prompt,
+)
+from .scoring import read_predictions, score_predictions, write_results
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("mcq", "open", "asr")
+BENCHMARK_MAX_NEW_TOKENS = 512  # the reference's MMAU setting
+PREDICTIONS_FILE = "predictions.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def check_run_config(output_dir: Path, config: dict) -> None:
+    """Save the settings that shape answers; refuse to resume into a folder answered with other settings, where
+    old and new predictions would silently mix."""
+    path = output_dir / RUN_CONFIG_FILE
+    if path.exists() and (output_dir / PREDICTIONS_FILE).exists():
+        saved = json.loads(path.read_text())
+        changed = {key: (saved.get(key), value) for key, value in config.items() if saved.get(key) != value}
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds predictions made with other settings (saved, now): {changed}. Use another output "
+                f"folder, or delete {RUN_CONFIG_FILE} there if mixing is intended."
+            )
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def run_benchmark(
+    pipe,
+    items: Sequence[EvalItem],
+    output_dir: str | os.PathLike,
+    fmt: str = "mcq",
+    batch_size: int = 8,
+    max_new_tokens: int = BENCHMARK_MAX_NEW_TOKENS,
+    system_prompt: str | None = None,
+    no_asr: bool = False,
+    group_by: Sequence[str] | None = None,
+) -> dict:
+    """Ask every item not yet in `output_dir/predictions.jsonl` (greedy), append each batch's answers, then score.
+
+    Items already answered there are never asked again, so an interrupted run resumes by running it again.
+    The results (also written as `results.json` / `results.md`) cover this run's items only.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = output_dir / PREDICTIONS_FILE
+    check_run_config(
+        output_dir,
+        {
+            "model": getattr(getattr(pipe, "model", None), "name_or_path", None),
+            "format": fmt,
+            "system_prompt": resolve_system_prompt(fmt, system_prompt),
+            "max_new_tokens": max_new_tokens,
+            "no_asr": no_asr,
+        },
+    )
+    done = {record["id"] for record in read_predictions(predictions_path)}
+    todo = [item for item in items if item.id not in done]
+    if done:
+        logger.info(
+            "resuming: %d of %d items already answered in %s", len(items) - len(todo), len(items), predictions_path
+        )
+    check_audio_files(todo)
+    with (
+        JsonlWriter(predictions_path) as sink,
+        tqdm(total=len(todo), unit="item", desc="evaluating") as progress,
+    ):
+        for batch in chunks(todo, batch_size):
+            conversations = [build_conversation(item, fmt, system_prompt, no_asr) for item in batch]
+            outputs = pipe(conversations, batch_size=len(batch), max_new_tokens=max_new_tokens, do_sample=False)
+            sink.write(prediction_record(item, fmt, output) for item, output in zip(batch, outputs, strict=True))
+            progress.update(len(batch))
+    wanted = {item.id for item in items}
+    results = score_predictions([r for r in read_predictions(predictions_path) if r["id"] in wanted], group_by)
+    write_results(results, output_dir)
+    return results
+
+
+def evaluate_benchmark(
+    model,
+    output_dir: str | os.PathLike,
+    processor=None,
+    data_file: str | os.PathLike | None = None,
+    dataset=None,
+    split: str = "test",
+    dataset_config: str | None = None,
+    audio_root: str | os.PathLike | None = None,
+    columns: BenchmarkColumns | None = None,
+    fmt: str = "auto",
+    limit: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    **run_kwargs,
+) -> dict:
+    """Load the data and the model, then `run_benchmark`. Relative audio paths default to the data file's folder."""
+    columns = columns or BenchmarkColumns()
+    records = load_records(data_file, dataset, split, dataset_config)
+    if limit is not None:
+        records = records.select(range(min(limit, len(records)))) if hasattr(records, "select") else records[:limit]
+    if not len(records):
+        raise ValueError("The benchmark has no records.")
+    if audio_root is None and data_file is not None:
+        audio_root = Path(data_file).parent
+    items = build_items(records, columns, audio_root)
+    fmt = detect_format(records[0], columns) if fmt == "auto" else fmt
+    logger.info("%d %s items", len(items), fmt)
+    return run_benchmark(load_pipeline(model, processor, device, dtype), items, output_dir, fmt, **run_kwargs)
