@@ -130,11 +130,18 @@ class DestaConnector(nn.Module):
         return self.layer_weights.softmax(dim=-1)
 
     def forward(self, tapped_states: list[torch.Tensor]) -> torch.Tensor:
+        """One Q-Former pass per tap, accumulated into the mixture as it goes.
+
+        Per-tap passes rather than one pass over all taps stacked into the batch: in training, attention dropout
+        falls back to a path that materialises a `(batch, heads, queries, frames)` mask per call, which at
+        `num_taps` times the size crosses the allocator's mmap threshold and is mapped and unmapped at every
+        step; stacking also copied every tap once (`torch.cat`). See docs/performance.md for the measurements.
+        """
         batch = tapped_states[0].shape[0]
-        # All taps go through the shared Q-Former in one batched pass: (num_taps * batch, ...).
-        queries = torch.cat([prompt.expand(batch, -1, -1) for prompt in self.layer_prompts])
-        audio_states = torch.cat(tapped_states).to(queries.dtype)
-        per_tap = self.qformer(queries, audio_states).unflatten(0, (len(tapped_states), batch))
-        weights = self.mixing_weights().to(per_tap.dtype).transpose(0, 1)[:, None, :, None]
-        mixed = (per_tap * weights).sum(dim=0)
+        weights = self.mixing_weights()
+        mixed = None
+        for tap, (prompt, states) in enumerate(zip(self.layer_prompts, tapped_states)):
+            per_tap = self.qformer(prompt.expand(batch, -1, -1), states.to(prompt.dtype))
+            weighted = per_tap * weights[:, tap, None].to(per_tap.dtype)
+            mixed = weighted if mixed is None else mixed + weighted
         return self.proj(mixed)
