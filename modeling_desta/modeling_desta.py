@@ -320,10 +320,12 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         return whisper.generate(input_features=placeholder_features, encoder_outputs=encoder_outputs, **generate_kwargs)
 
     @torch.no_grad()
-    def no_speech_probability(self, encoder_last_hidden_state: torch.Tensor) -> torch.Tensor:
+    def no_speech_probability(self, encoder_last_hidden_state: torch.Tensor, cache=None) -> torch.Tensor:
         """Whisper's probability that each window holds no speech (one decoder step at start-of-transcript).
 
         The same signal OpenAI's Whisper uses to blank silent segments; it needs no extra model or network.
+        Pass an empty `EncoderDecoderCache` as `cache` to keep this step, whose cross-attention keys and values
+        over every frame are most of a short transcription's cost, for `transcribe(..., cache=cache)` to go on from.
         """
         whisper = self.model.audio_tower
         generation_config = whisper.generation_config
@@ -334,7 +336,12 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
             dtype=torch.long,
             device=encoder_last_hidden_state.device,
         )
-        logits = whisper(encoder_outputs=(encoder_last_hidden_state,), decoder_input_ids=start, use_cache=False).logits
+        logits = whisper(
+            encoder_outputs=(encoder_last_hidden_state,),
+            decoder_input_ids=start,
+            cache=cache,
+            use_cache=cache is not None,
+        ).logits
         return logits[:, 0].float().softmax(dim=-1)[:, no_speech_token]
 
     @classmethod

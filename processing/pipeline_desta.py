@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from transformers import GenerationConfig, Pipeline
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from .audio_io import audio_source
 
@@ -144,19 +145,34 @@ class DestaAudioTextToTextPipeline(Pipeline):
     def _transcribe_windows(self, states: torch.Tensor, options: "AsrOptions") -> list[str]:
         """Whisper's greedy text per window, blanked where Whisper itself says there is no speech.
 
-        A window is blanked when its no-speech probability exceeds `options.no_speech_threshold`, or when the
-        decoded text's mean token log-probability is under `options.logprob_threshold` (OpenAI's defaults: 0.6
-        and -1.0); tones and noise otherwise come out as hallucinated words such as "You" or "Beeping".
+        A window is blanked when its no-speech probability exceeds `options.no_speech_threshold` (then it is
+        never decoded), or when the decoded text's mean token log-probability is under
+        `options.logprob_threshold` (OpenAI's defaults: 0.6 and -1.0); tones and noise otherwise come out as
+        hallucinated words such as "You" or "Beeping". The no-speech probe's decoder step, with its
+        cross-attention keys and values, is kept in a cache that the decoding of the other windows continues from.
         """
-        asr_tokenizer = getattr(self.processor, "asr_tokenizer", None)
-        if asr_tokenizer is None:
+        if getattr(self.processor, "asr_tokenizer", None) is None:
             raise ValueError(
                 "This checkpoint has no Whisper tokenizer (asr_tokenizer/), so it cannot transcribe; give every "
                 "audio item a 'transcript' (an empty string for none)."
             )
-        no_speech = self.model.no_speech_probability(states)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        no_speech = self.model.no_speech_probability(states, cache=cache)
+        speech = torch.nonzero(no_speech <= options.no_speech_threshold).flatten()
+        texts = [""] * states.shape[0]
+        if speech.numel():
+            if speech.numel() < states.shape[0]:
+                cache.batch_select_indices(speech)
+            decoded = self._greedy_text(states[speech], cache, options)
+            for window, text in zip(speech.tolist(), decoded):
+                texts[window] = text
+        return texts
+
+    def _greedy_text(self, states: torch.Tensor, cache: EncoderDecoderCache, options: "AsrOptions") -> list[str]:
+        """One batched greedy decode of every window in `states`; texts under the log-probability floor are blank."""
         output = self.model.transcribe(
             encoder_last_hidden_state=states,
+            cache=cache,
             max_new_tokens=options.max_new_tokens or self.model.config.audio_config.max_target_positions // 2,
             return_dict_in_generate=True,
             output_scores=True,
@@ -166,13 +182,11 @@ class DestaAudioTextToTextPipeline(Pipeline):
         generated = output.sequences[:, -scores.shape[1] :]
         counted = generated != whisper.generation_config.pad_token_id
         mean_logprob = (scores * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
-        texts = asr_tokenizer.batch_decode(output.sequences, skip_special_tokens=True)
+        texts = self.processor.asr_tokenizer.batch_decode(output.sequences, skip_special_tokens=True)
+        floor = options.logprob_threshold
         return [
-            ""
-            if probability > options.no_speech_threshold
-            or (options.logprob_threshold is not None and logprob < options.logprob_threshold)
-            else text.strip()
-            for text, probability, logprob in zip(texts, no_speech.tolist(), mean_logprob.tolist())
+            "" if floor is not None and logprob < floor else text.strip()
+            for text, logprob in zip(texts, mean_logprob.tolist())
         ]
 
     def _window_is_silent(self, waveforms, window_counts, window: int) -> bool:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from isolation import run_isolated
 from transformers import TextIteratorStreamer, pipeline
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from desta_audio import testing as tiny_assets
 from modeling_desta import DestaForConditionalGeneration
@@ -314,6 +315,40 @@ def test_transcribe_on_shared_states_equals_whispers_own_generate(pipe, clips):
     assert torch.equal(ours, whisper_alone)
     texts = processor.asr_tokenizer.batch_decode(ours, skip_special_tokens=True)
     assert SPOKEN in texts[0].lower() and "good morning" in texts[1].lower()
+
+
+def test_batched_asr_from_the_probe_cache_equals_whisper_alone_per_window(pipe, clips):
+    """Windows whose transcripts end at different lengths, decoded in one batch that goes on from the no-speech
+    probe's cache, get the tokens `whisper.generate` gives each window alone (then padding)."""
+    model, processor = pipe.model, pipe.processor
+    whisper = model.model.audio_tower
+    waveforms = [processor.load_audio(clips[name]) for name in ("door", "morning", "numbers", "hello")]
+    features, _ = processor.extract_features(waveforms)
+    with torch.no_grad():
+        _, states = model.model.encode_audio(features, output_last_hidden_state=True)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        model.no_speech_probability(states, cache=cache)
+        batched = model.transcribe(encoder_last_hidden_state=states, cache=cache, max_new_tokens=30)
+        alone = [whisper.generate(input_features=window[None], max_new_tokens=30)[0] for window in features]
+    assert len({len(tokens) for tokens in alone}) > 1  # really different lengths
+    for row, expected in zip(batched, alone):
+        assert torch.equal(row[: len(expected)], expected)
+        assert (row[len(expected) :] == whisper.generation_config.pad_token_id).all()
+
+
+def test_windows_judged_speech_free_are_never_decoded(pipe, clips, monkeypatch):
+    decoded_rows, original = [], pipe.model.transcribe
+
+    def spy(**kwargs):
+        decoded_rows.append(kwargs["encoder_last_hidden_state"].shape[0])
+        return original(**kwargs)
+
+    monkeypatch.setattr(pipe.model, "transcribe", spy)
+    inputs = [str(clips["tone"]), str(clips["door"]), str(clips["noise"]), str(clips["morning"])]
+    results = pipe(inputs, prompt="What?", max_new_tokens=1, batch_size=4)
+    assert decoded_rows == [2]  # one batched decode, of the two speech windows only
+    assert [r["transcripts"] for r in results][::2] == [[""], [""]]
+    assert SPOKEN in results[1]["transcripts"][0].lower() and "good morning" in results[3]["transcripts"][0].lower()
 
 
 def test_datasets_audio_column_and_generators_are_batches(pipe, clips):
