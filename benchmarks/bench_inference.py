@@ -9,8 +9,8 @@ to fill the clip), odd ones sox-free sine tones, so the batch has windows to tra
 Stages (seconds for the whole batch, median of `--repeats`): audio decoding, features, encoder (one pass, the
 taps and the normed output for ASR), connector, ASR (the pipeline's own no-speech probe + batched greedy decode,
 up to `--new-tokens` tokens per window), LLM prefill and LLM decode (forced to `--new-tokens` steps).
-`front_end_s` is the pipeline from raw audio to the first generated token; `end_to_end_s` the whole pipeline
-call with `--new-tokens` new tokens. Every stage goes through public or pipeline-internal entry points that
+`front_end` is the pipeline from raw audio to the first generated token; `end_to_end` the whole pipeline
+call with `--new-tokens` new tokens. `stages_s` holds wall times, `stages_cpu_s` this process's CPU times. Every stage goes through public or pipeline-internal entry points that
 older versions of the library also have, so `benchmarks/ab_compare.py` can run this script against an older
 checkout.
 
@@ -86,14 +86,27 @@ def build(work: Path, clip_seconds: float):
     return model, processor, clips
 
 
-def timed(fn, repeats: int):
-    """Median wall time (seconds) over `repeats` runs, and the last result."""
-    seconds, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
+class StageClock:
+    """Median wall time and median CPU time of this process per named stage, over `repeats` runs.
+
+    CPU time is the steadier measure on a machine shared with other jobs (wall time also counts the time other
+    processes hold the cores).
+    """
+
+    def __init__(self, repeats: int):
+        self.repeats = repeats
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def run(self, name: str, fn):
+        wall, cpu, result = [], [], None
+        for _ in range(self.repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            result = fn()
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+        self.wall[name], self.cpu[name] = statistics.median(wall), statistics.median(cpu)
+        return result
 
 
 def conversations(clips):
@@ -104,33 +117,28 @@ def conversations(clips):
 
 
 @torch.no_grad()
-def stage_times(pipe, clips, new_tokens: int, repeats: int) -> dict:
+def stage_times(pipe, clips, new_tokens: int, clock: StageClock) -> dict:
     model, processor = pipe.model, pipe.processor
-    stages = {}
-    stages["audio_decoding"], waveforms = timed(lambda: [processor.load_audio(c) for c in clips], repeats)
-    stages["feature_extraction"], (features, windows) = timed(lambda: processor.extract_features(waveforms), repeats)
-    stages["encoder"], (taps, last_hidden) = timed(
-        lambda: model.model.encode_audio(features, output_last_hidden_state=True), repeats
-    )
-    stages["connector"], audio_embeds = timed(lambda: model.model.connector(taps).flatten(0, 1), repeats)
+    waveforms = clock.run("audio_decoding", lambda: [processor.load_audio(c) for c in clips])
+    features, windows = clock.run("feature_extraction", lambda: processor.extract_features(waveforms))
+    taps, last_hidden = clock.run("encoder", lambda: model.model.encode_audio(features, output_last_hidden_state=True))
+    audio_embeds = clock.run("connector", lambda: model.model.connector(taps).flatten(0, 1))
     options = AsrOptions(max_new_tokens=new_tokens)
-    stages["asr_probe_and_decode"], transcripts = timed(lambda: pipe._transcribe_windows(last_hidden, options), repeats)
+    transcripts = clock.run("asr_probe_and_decode", lambda: pipe._transcribe_windows(last_hidden, options))
     texts = [processor.render_conversation(c)[0] for c in conversations(clips)]
     inputs = processor.encode_text(texts, windows, ["a short transcript of the clip"] * len(clips))
     generate = dict(audio_embeds=audio_embeds, do_sample=False, **inputs)
-    stages["llm_prefill"], _ = timed(lambda: model.generate(**generate, max_new_tokens=1), repeats)
-    full, _ = timed(lambda: model.generate(**generate, max_new_tokens=new_tokens, min_new_tokens=new_tokens), repeats)
-    stages["llm_decode"] = max(full - stages["llm_prefill"], 0.0)
-    stages["prompt_tokens"] = int(inputs["input_ids"].shape[1])
-    stages["windows_transcribed"] = sum(bool(text) for text in transcripts)
-    return stages
+    clock.run("llm_prefill", lambda: model.generate(**generate, max_new_tokens=1))
+    clock.run("llm_generate", lambda: model.generate(**generate, max_new_tokens=new_tokens, min_new_tokens=new_tokens))
+    for times in (clock.wall, clock.cpu):
+        times["llm_decode"] = max(times.pop("llm_generate") - times["llm_prefill"], 0.0)
+    return {"prompt_tokens": int(inputs["input_ids"].shape[1]), "windows_transcribed": sum(map(bool, transcripts))}
 
 
-def pipeline_seconds(pipe, clips, new_tokens: int, repeats: int) -> float:
-    """The whole pipeline call with ASR at its defaults, forced to `new_tokens` new tokens."""
+def run_pipeline(pipe, clips, new_tokens: int) -> None:
+    """The whole pipeline call with ASR at its defaults (at most 32 tokens a window), forced to `new_tokens`."""
     kwargs = dict(batch_size=len(clips), max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    seconds, _ = timed(lambda: pipe(conversations(clips), asr_max_new_tokens=32, **kwargs), repeats)
-    return seconds
+    pipe(conversations(clips), asr_max_new_tokens=32, **kwargs)
 
 
 def main():
@@ -147,21 +155,21 @@ def main():
         model, processor, all_clips = build(Path(work), args.clip_seconds)
         pipe = DestaAudioTextToTextPipeline(model=model, processor=processor)
         # Warm-up: first calls pay one-off costs (allocator growth, lazy initialisation) that are not latency.
-        stage_times(pipe, all_clips[:2], args.new_tokens, repeats=1)
-        pipeline_seconds(pipe, all_clips[:2], args.new_tokens, repeats=1)
+        stage_times(pipe, all_clips[:2], args.new_tokens, StageClock(1))
+        run_pipeline(pipe, all_clips[:2], args.new_tokens)
         results = []
         for batch in args.batch_sizes:
-            clips = all_clips[:batch]
-            stages = stage_times(pipe, clips, args.new_tokens, args.repeats)
-            front_end = pipeline_seconds(pipe, clips, 1, args.repeats)
-            latency = pipeline_seconds(pipe, clips, args.new_tokens, args.repeats)
+            clips, clock = all_clips[:batch], StageClock(args.repeats)
+            counts = stage_times(pipe, clips, args.new_tokens, clock)
+            clock.run("front_end", lambda clips=clips: run_pipeline(pipe, clips, 1))
+            clock.run("end_to_end", lambda clips=clips: run_pipeline(pipe, clips, args.new_tokens))
             results.append(
                 {
                     "batch_size": batch,
-                    "front_end_s": round(front_end, 3),
-                    "end_to_end_s": round(latency, 3),
-                    "throughput_clips_per_s": round(batch / latency, 3),
-                    "stages_s": {k: round(v, 4) if isinstance(v, float) else v for k, v in stages.items()},
+                    **counts,
+                    "throughput_clips_per_s": round(batch / clock.wall["end_to_end"], 3),
+                    "stages_s": {name: round(value, 4) for name, value in clock.wall.items()},
+                    "stages_cpu_s": {name: round(value, 4) for name, value in clock.cpu.items()},
                 }
             )
     report = {
