@@ -110,7 +110,7 @@ def test_follow_up_reuses_the_clip_and_its_transcript(pipe, clips):
 
 def test_user_turn_shows_clip_names_and_question(pipe, clips):
     chat = add_user_turn(Chat(), "  What is said?  ", [str(clips["door"])], pipe.processor, MAX_BYTES)
-    assert chat.shown == [{"role": "user", "content": "🎧 door.wav\n\nWhat is said?"}]
+    assert chat.shown == [{"role": "user", "content": "[door.wav]\n\nWhat is said?"}]
     assert chat.messages[0]["content"][-1] == {"type": "text", "text": "What is said?"}
 
 
@@ -170,10 +170,12 @@ def test_file_over_the_size_limit_is_refused(pipe, clips):
 # ----------------------------------------------------------------------------- loading
 def test_loader_reports_progress_then_cpu(demo_model_dir):
     loader = ModelLoader(str(demo_model_dir), device="cpu")
-    assert loader.status().startswith(f"⏳ Loading `{demo_model_dir}`: waiting to start")
+    assert loader.status().startswith(f"**Loading** `{demo_model_dir}`: waiting to start")
     loader.start()
     assert loader.wait(timeout=300)
-    assert loader.status() == f"✅ `{demo_model_dir}` ready on **cpu** (float32). Running on CPU: answers come slowly."
+    assert (
+        loader.status() == f"**Ready:** `{demo_model_dir}` on **cpu** (float32). Running on CPU: answers come slowly."
+    )
 
 
 def test_loader_failure_is_a_message(tmp_path):
@@ -182,7 +184,7 @@ def test_loader_failure_is_a_message(tmp_path):
     loader = ModelLoader(str(missing), device="cpu").start()
     assert loader.wait(timeout=60)
     assert not loader.ready
-    assert loader.status().startswith("❌ The model could not be loaded: ")
+    assert loader.status().startswith("**Error:** The model could not be loaded: ")
     assert "Traceback" not in loader.status()
 
 

@@ -109,10 +109,10 @@ class ModelLoader:
         """One Markdown line for the page: progress while loading, then the model, device and dtype."""
         name = self.model if isinstance(self.model, (str, os.PathLike)) else type(self.model).__name__
         if self.error is not None:
-            return "❌ " + MODEL_FAILED.format(error=self.error)
+            return "**Error:** " + MODEL_FAILED.format(error=self.error)
         if not self.ready:
-            return f"⏳ Loading `{name}`: {self.phase} ({time.monotonic() - self.started:.0f} s)"
-        line = f"✅ `{name}` ready on **{self.pipe.device}** ({str(self.pipe.model.dtype).removeprefix('torch.')})"
+            return f"**Loading** `{name}`: {self.phase} ({time.monotonic() - self.started:.0f} s)"
+        line = f"**Ready:** `{name}` on **{self.pipe.device}** ({str(self.pipe.model.dtype).removeprefix('torch.')})"
         if self.on_cpu:
             line += ". Running on CPU: answers come slowly."
         return line
@@ -209,7 +209,7 @@ def add_user_turn(chat: Chat, question: str, files: list, processor, max_bytes: 
         for path in files
     ]
     names = ", ".join(clip_name(path) for path in files)
-    shown = f"🎧 {names}\n\n{question}" if names else question
+    shown = f"[{names}]\n\n{question}" if names else question
     return Chat(
         messages=[*chat.messages, {"role": "user", "content": [*items, {"type": "text", "text": question}]}],
         shown=[*chat.shown, {"role": "user", "content": shown}],

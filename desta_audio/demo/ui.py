@@ -66,7 +66,7 @@ def build_app(loader: ModelLoader, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB)
                 chat, message.get("text", ""), message.get("files") or [], loader.pipe.processor, max_bytes
             )
         except DemoInputError as error:
-            yield keep, keep, keep, f"⚠️ {error}", keep
+            yield keep, keep, keep, f"⚠ {error}", keep
             return
         yield None, chat.shown, "…", "", chat
         kwargs = generation_kwargs(max_new_tokens, temperature)
@@ -75,7 +75,7 @@ def build_app(loader: ModelLoader, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB)
                 yield keep, partial.shown, format_transcripts(transcripts) or "…", "", partial
         except Exception as error:  # the page gets one line; the log gets the traceback
             logger.exception("Answering failed")
-            yield keep, keep, "", f"⚠️ The model failed to answer: {error}", keep
+            yield keep, keep, "", f"⚠ The model failed to answer: {error}", keep
 
     def refresh_status():
         return loader.status(), gr.Timer(active=not loader.wait(timeout=0))
@@ -103,13 +103,19 @@ def build_app(loader: ModelLoader, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB)
                     lines=4,
                     elem_id="transcripts",
                 )
-                new_chat = gr.Button("New chat")
+                new_chat = gr.Button("New chat", elem_id="new-chat")
                 system_prompt = gr.Textbox(
-                    label="System prompt (optional)", placeholder="Focus on the audio clips and instructions."
+                    label="System prompt (optional)",
+                    elem_id="system-prompt",
+                    placeholder="Focus on the audio clips and instructions.",
                 )
-                with gr.Accordion("Advanced", open=False):
-                    max_new_tokens = gr.Slider(1, 1024, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="Max new tokens")
-                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                    max_new_tokens = gr.Slider(
+                        1, 1024, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="Max new tokens", elem_id="max-new-tokens"
+                    )
+                    temperature = gr.Slider(
+                        0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
+                    )
         gr.Examples(example_inputs(), inputs=box, label="Example clips")
 
         box.submit(
