@@ -1,6 +1,7 @@
 """The web demo's handlers, without a browser: streaming equals the pipeline, transcripts, multi-turn chats,
 each bad input's message, the model loader (progress, CPU notice, failure, the release format)."""
 
+import importlib.util
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from test_hub import reference_state_dict, write_reference_checkpoint
 
 from desta_audio import demo
 from desta_audio import testing as tiny_assets
+from desta_audio.cli import build_parser
 from desta_audio.demo import Chat, DemoInputError, ModelLoader, add_user_turn, answer, generation_kwargs, load_clip
 from modeling_desta import DestaForConditionalGeneration
 from processing import DEFAULT_SYSTEM_PROMPT, DestaProcessor
@@ -204,3 +206,11 @@ def test_release_format_is_converted_once_then_loaded(tmp_path, monkeypatch, llm
     assert loader.pipe.model.config.model_type == "desta"
     expected = state["perception.connector.layer_weights"].bfloat16().float()  # the release is converted to bf16
     assert torch.equal(loader.pipe.model.model.connector.layer_weights.detach().cpu(), expected)
+
+
+def test_demo_command_without_gradio_says_what_to_install(monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gradio" else real_find_spec(name))
+    args = build_parser().parse_args(["demo", "--model", "some/model"])
+    assert args.handler(args) == 2
+    assert capsys.readouterr().err == f"desta-audio: error: {demo.ui.NEEDS_GRADIO}\n"

@@ -6,8 +6,10 @@ Gradio is imported inside `build_app` only: it is the `demo` extra, never a depe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
+import sys
 
 from .examples import EXAMPLES_DIR, example_inputs
 from .session import (
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 CONCURRENCY_LIMIT = 1
 QUEUE_MAX_SIZE = 16
 STATUS_POLL_SECONDS = 1.0
+NEEDS_GRADIO = "the web demo needs Gradio: python -m pip install 'desta-audio[demo]' (or -e \".[demo]\")"
 TITLE = "DeSTA2.5-Audio"
 INTRO = (
     "Upload or record one or more audio clips, ask a question, and watch the answer arrive token by token. "
@@ -175,6 +178,9 @@ def launch(
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("gradio") is None:
+        sys.stderr.write(f"desta-audio: error: {NEEDS_GRADIO}\n")
+        return 2
     logging.getLogger("desta_audio").setLevel(logging.INFO)
     launch(args.model, args.host, args.port, args.share, args.device, args.dtype, args.max_upload_mb)
     return 0
