@@ -214,3 +214,10 @@ def test_demo_command_without_gradio_says_what_to_install(monkeypatch, capsys):
     args = build_parser().parse_args(["demo", "--model", "some/model"])
     assert args.handler(args) == 2
     assert capsys.readouterr().err == f"desta-audio: error: {demo.ui.NEEDS_GRADIO}\n"
+
+
+def test_answers_go_through_the_queue_one_at_a_time(loader):
+    """Only answering is queued, with concurrency 1; status polling and "New chat" bypass the queue."""
+    app = demo.build_app(loader)
+    queued = {fn.name: fn.concurrency_limit for fn in app.fns.values() if fn.queue}
+    assert queued == {"respond": demo.CONCURRENCY_LIMIT} and demo.CONCURRENCY_LIMIT == 1
