@@ -4,6 +4,7 @@
     desta-audio eval (--data-file FILE | --dataset NAME | --rescore PREDICTIONS | --retention) [--model ...]
     desta-audio convert --checkpoint DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B --output DIR [--push-to-hub REPO]
     desta-audio smoke-qa OUT_DIR
+    desta-audio demo [--model REPO_OR_DIR] [--host HOST] [--port PORT] [--share]   (needs the `demo` extra)
 
 See docs/evaluation.md for `eval`; `build_dataset.py` and `train_sft.py` are scripts of their own.
 """
@@ -21,6 +22,7 @@ from processing import DEFAULT_SYSTEM_PROMPT
 
 from . import evaluation as ev
 from .common import DTYPES, load_pipeline
+from .demo import add_demo_arguments, run_demo
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     smoke = commands.add_parser("smoke-qa", help="build the 16-question espeak-ng/sox audio QA set offline")
     smoke.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
     smoke.set_defaults(handler=run_smoke_qa)
+    add_demo_arguments(commands.add_parser("demo", help="serve the web demo (Gradio; the `demo` extra)")).set_defaults(
+        handler=run_demo
+    )
     return parser
 
 
