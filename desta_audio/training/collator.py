@@ -271,7 +271,7 @@ class DestaSFTCollator:
                 "The chat template does not render the assistant turn as a continuation of the generation prompt; "
                 "cannot tell the response tokens apart."
             )
-        ids = self.processor.tokenizer(full_text[len(prompt_text) :].rstrip(), add_special_tokens=False).input_ids
+        ids = self.processor.tokenize_prompts([full_text[len(prompt_text) :].rstrip()])[0]
         if self.processor.audio_token_id in ids:
             raise BadRecordError(
                 example.id, "audio_token_in_response", "has the audio placeholder token in its response"
