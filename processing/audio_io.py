@@ -204,7 +204,7 @@ def _decode_with_torchcodec(data, sampling_rate: int, name: str = "audio", max_s
     from torchcodec.decoders import AudioDecoder
 
     try:
-        decoder = AudioDecoder(data, sample_rate=sampling_rate, num_channels=1)
+        decoder = AudioDecoder(data, sample_rate=sampling_rate)
     except Exception as error:  # torchcodec raises RuntimeError/ValueError for what ffmpeg cannot open
         raise _CannotOpen(_clean_message(error)) from None
     return _from_decoder(decoder, sampling_rate, name, max_seconds)
