@@ -235,7 +235,10 @@ def _from_decoder(decoder, sampling_rate: int, name: str, max_seconds=None) -> n
 def _warn_if_truncated(decoded_s: float, declared_s: float | None, name: str) -> None:
     if declared_s and decoded_s < declared_s - TRUNCATION_TOLERANCE_S:
         logger.warning(
-            "%s looks truncated: its header declares %.2f s but only %.2f s could be decoded", name, declared_s, decoded_s
+            "%s looks truncated: its header declares %.2f s but only %.2f s could be decoded",
+            name,
+            declared_s,
+            decoded_s,
         )
 
 

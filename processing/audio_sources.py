@@ -203,7 +203,9 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
                 current = urllib.parse.urljoin(current, response.getheader("Location"))
                 continue
             if response.status != 200:
-                raise AudioSourceError(f"could not download audio from {url}: HTTP {response.status} {response.reason}.")
+                raise AudioSourceError(
+                    f"could not download audio from {url}: HTTP {response.status} {response.reason}."
+                )
             return _read_body(response, sock, url, policy, deadline)
         except (OSError, http.client.HTTPException) as error:
             raise AudioSourceError(f"could not download audio from {url}: {error or type(error).__name__}.") from None

@@ -236,7 +236,9 @@ class DestaProcessor(ProcessorMixin):
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
         self._check_audio_count(texts, audios, transcripts)
-        features, window_counts = self.extract_features([self.load_audio(a, audio_policy) for a in audios]) if audios else (None, [])
+        features, window_counts = (
+            self.extract_features([self.load_audio(a, audio_policy) for a in audios]) if audios else (None, [])
+        )
         encoded = self.encode_text(
             texts, window_counts, transcripts, padding, padding_side, add_special_tokens, return_tensors, **kwargs
         )
