@@ -19,6 +19,7 @@ The library behind this script is `desta_audio.data`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import sys
@@ -176,7 +177,7 @@ def build_settings(args: argparse.Namespace, columns) -> dict:
     return {
         "source": {key: getattr(args, key) for key in ("dataset", "config", "split", "load_from_disk", "metadata")},
         "audio_dir": str(Path(args.audio_dir).resolve()) if args.audio_dir else None,
-        "columns": vars(columns) if hasattr(columns, "__dict__") else str(columns),
+        "columns": dataclasses.asdict(columns),
         "dataset_label": args.dataset_label,
         "require_transcript": args.require_transcript,
         "model": args.model,

@@ -211,8 +211,16 @@ def jsonl_dataset(files: Sequence[str | os.PathLike], streaming: bool = False):
 
     files = [os.fspath(f) for f in files]
     signature = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    make = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
-    return make(_jsonl_records, gen_kwargs={"files": files, "signature": signature})
+    if streaming:
+        return datasets.IterableDataset.from_generator(
+            _jsonl_records, gen_kwargs={"files": files, "signature": signature}
+        )
+    try:
+        return datasets.Dataset.from_generator(_jsonl_records, gen_kwargs={"files": files, "signature": signature})
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, ValueError):  # read_jsonl's message names the file and line
+            raise error.__cause__ from None
+        raise
 
 
 def select_split(loaded, split: str):

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import re
+import struct
 
 import numpy as np
 
@@ -121,11 +122,12 @@ def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarr
     return soxr.resample(waveform, orig_rate, target_rate, quality="HQ").astype(np.float32)
 
 
-def _check_duration(seconds: float | None, max_seconds: float | None, name: str) -> None:
+def _check_duration(seconds: float | None, max_seconds: float | None, name: str, decoded: bool = False) -> None:
+    """Refuse audio over `max_seconds`; `decoded` when decoding stopped at the limit (the true length is unknown)."""
     if seconds is not None and max_seconds is not None and seconds > max_seconds:
+        length = "is longer than" if decoded else f"lasts {seconds:.1f} s, over"
         raise AudioTooLongError(
-            f"{name} lasts {seconds:.1f} s, over max_audio_seconds={max_seconds:g}. "
-            "Split it, or raise processor.max_audio_seconds."
+            f"{name} {length} max_audio_seconds={max_seconds:g}. Split it, or raise processor.max_audio_seconds."
         )
 
 
@@ -180,6 +182,7 @@ def _decode_bytes(data: bytes, sampling_rate: int, name: str, max_seconds=None) 
 
 def _decode(data: bytes | str, sampling_rate: int, name: str, max_seconds) -> np.ndarray:
     """torchcodec, else (only when torchcodec cannot open the stream) soundfile; errors name both backends."""
+    _warn_if_wav_is_cut(data, name)
     errors = []
     for backend, decoder in (("torchcodec", _decode_with_torchcodec), ("soundfile", _decode_with_soundfile)):
         try:
@@ -227,7 +230,7 @@ def _from_decoder(decoder, sampling_rate: int, name: str, max_seconds=None) -> n
         raise AudioDecodeError(f"could not decode audio from {name}: torchcodec: {_clean_message(error)}") from None
     rate = int(samples.sample_rate)
     waveform = to_mono(samples.data.float().numpy())
-    _check_duration(len(waveform) / rate, max_seconds, name)
+    _check_duration(len(waveform) / rate, max_seconds, name, decoded=True)
     _warn_if_truncated(len(waveform) / rate, declared, name)
     return resample(waveform, rate, sampling_rate)
 
@@ -240,6 +243,31 @@ def _warn_if_truncated(decoded_s: float, declared_s: float | None, name: str) ->
             declared_s,
             decoded_s,
         )
+
+
+def _warn_if_wav_is_cut(data: bytes | str, name: str) -> None:
+    """WAV files cut short: both decoders quietly take the length from the file size, so read the RIFF header."""
+    if isinstance(data, str):
+        with open(data, "rb") as handle:
+            head, size = handle.read(1 << 16), os.fstat(handle.fileno()).st_size
+    else:
+        head, size = data[: 1 << 16], len(data)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, length = head[offset : offset + 4], struct.unpack("<I", head[offset + 4 : offset + 8])[0]
+        if chunk == b"data":
+            available = size - offset - 8
+            if 0 < length < 0xFFFFFFFF and available < length:
+                logger.warning(
+                    "%s looks truncated: its WAV header declares %d bytes of audio but the file holds %d",
+                    name,
+                    length,
+                    max(available, 0),
+                )
+            return
+        offset += 8 + length + (length & 1)
 
 
 def _decode_with_soundfile(data, sampling_rate: int, name: str = "audio", max_seconds=None) -> np.ndarray:
@@ -258,7 +286,7 @@ def _decode_with_soundfile(data, sampling_rate: int, name: str = "audio", max_se
         except Exception as error:  # a stream that opened but breaks while decoding
             raise AudioDecodeError(f"could not decode audio from {name}: soundfile: {_clean_message(error)}") from None
         orig_rate = handle.samplerate
-    _check_duration(len(waveform) / orig_rate, max_seconds, name)
+    _check_duration(len(waveform) / orig_rate, max_seconds, name, decoded=True)
     _warn_if_truncated(len(waveform) / orig_rate, declared, name)
     return resample(waveform.mean(axis=1).astype(np.float32), orig_rate, sampling_rate)
 

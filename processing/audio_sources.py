@@ -191,7 +191,10 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
     deadline = time.monotonic() + policy.download_timeout_s
     current = url
     for _ in range(policy.max_redirects + 1):
-        parsed, address = _checked_target(current, policy, deadline)
+        try:
+            parsed, address = _checked_target(current, policy, deadline)
+        except AudioSourceError as error:
+            raise AudioSourceError(f"{error} (redirected from {url})" if current != url else str(error)) from None
         connection_class = _PinnedHTTPSConnection if parsed.scheme.lower() == "https" else _PinnedHTTPConnection
         connection = connection_class(parsed.hostname, parsed.port, address, _remaining(deadline, url))
         try:

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 from transformers import set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ScriptArguments, SFTConfig, SFTTrainer
 
 from modeling_desta import DestaForConditionalGeneration
