@@ -227,6 +227,8 @@ def test_untrusted_processor_refuses_paths_and_saves_its_policy(tiny_parts, audi
     assert saved["trusted_input"] is False and saved["audio_policy"] == {"max_download_bytes": 1000}
     reloaded = DestaProcessor.from_pretrained(tmp_path)
     assert reloaded.source_policy() == processor.source_policy() == UNTRUSTED.updated({"max_download_bytes": 1000})
+    trusted_again = DestaProcessor.from_pretrained(tmp_path, trusted_input=True, audio_policy={})
+    assert trusted_again.source_policy() == AudioSourcePolicy()
     with pytest.raises(ValueError, match=r"unknown audio policy setting\(s\) \['max_bytes'\]"):
         reloaded.source_policy({"max_bytes": 5})
     array_chat = _chat([{"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000}])
