@@ -137,7 +137,10 @@ def _checked_target(url: str, policy: AudioSourcePolicy, deadline: float) -> tup
     host = (parsed.hostname or "").lower()
     if not host:
         raise AudioSourceError(f"audio URL {url!r} has no host.")
-    port = parsed.port or (443 if scheme == "https" else 80)
+    try:
+        port = parsed.port or (443 if scheme == "https" else 80)
+    except ValueError as error:
+        raise AudioSourceError(f"audio URL {url!r} has a bad port ({error}).") from None
     if _host_matches(host, port, policy.denied_hosts):
         raise AudioSourceError(f"audio URL {url!r}: host {host!r} is denied by the audio policy.")
     listed = _host_matches(host, port, policy.allowed_hosts)

@@ -95,6 +95,12 @@ def check_build_settings(output_dir: str | Path, settings: dict[str, Any], force
     """
     path = Path(output_dir) / SETTINGS_FILE
     settings = json.loads(json.dumps(settings, default=str))
+    with _FileLock(path.with_suffix(".lock")):  # shards starting together see one settings file
+        _compare_and_record(path, settings, force)
+
+
+def _compare_and_record(path: Path, settings: dict[str, Any], force: bool) -> None:
+    output_dir = path.parent
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         changed = {
@@ -113,27 +119,27 @@ def check_build_settings(output_dir: str | Path, settings: dict[str, Any], force
     write_json_atomic(path, settings)
 
 
-class ShardLock:
-    """An exclusive, non-blocking lock on one shard of an output folder (released on exit, even on kill -9)."""
+class _FileLock:
+    """An exclusive `flock` on a file, released on exit (and by the OS when the process dies, even on kill -9).
 
-    def __init__(self, output_dir: str | Path, shard_index: int, num_shards: int):
-        self.path = shard_file(output_dir, shard_index, num_shards).with_suffix(".lock")
-        self.shard = f"shard {shard_index}/{num_shards}"
+    `blocking=False` raises `BlockingIOError` at once when another process holds it.
+    """
+
+    def __init__(self, path: Path, blocking: bool = True):
+        self.path = path
+        self.blocking = blocking
         self.handle = None
 
-    def acquire(self) -> ShardLock:
+    def acquire(self):
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        except BaseException:
             handle.close()
-            raise BuildLockedError(
-                f"another process is building {self.shard} into {self.path.parent.parent} (lock {self.path}); "
-                "wait for it, or run a different --shard-index"
-            ) from None
+            raise
         self.handle = handle
         return self
 
@@ -142,8 +148,25 @@ class ShardLock:
             self.handle.close()
             self.handle = None
 
-    def __enter__(self) -> ShardLock:
+    def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+class ShardLock(_FileLock):
+    """An exclusive, non-blocking lock on one shard of an output folder: a second builder of it fails clearly."""
+
+    def __init__(self, output_dir: str | Path, shard_index: int, num_shards: int):
+        super().__init__(shard_file(output_dir, shard_index, num_shards).with_suffix(".lock"), blocking=False)
+        self.shard = f"shard {shard_index}/{num_shards}"
+
+    def acquire(self) -> ShardLock:
+        try:
+            return super().acquire()
+        except BlockingIOError:
+            raise BuildLockedError(
+                f"another process is building {self.shard} into {self.path.parent.parent} (lock {self.path}); "
+                "wait for it, or run a different --shard-index"
+            ) from None
