@@ -10,8 +10,10 @@ See docs/evaluation.md for `eval`; `build_dataset.py` and `train_sft.py` are scr
 """
 
 import argparse
+import json
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +32,9 @@ from .hub.publishing import publish
 DEFAULT_MODEL_ID = "desta-audio/DeSTA2.5-Audio-Llama-3.1-8B"
 DEFAULT_PROMPT = "Describe the audio."
 DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+DEBUG_ENV = "DESTA_AUDIO_DEBUG"
 
 logger = logging.getLogger("desta-audio")
 
@@ -71,7 +76,34 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser
     chat.add_argument("--top-p", type=float, default=0.9, help="with --sample")
     chat.add_argument("--stream", action="store_true", help="print the answer token by token")
     chat.add_argument("-v", "--verbose", action="store_true", help="also print the transcripts used")
+    chat.add_argument(
+        "--audio-policy",
+        type=json.loads,
+        default=None,
+        help='audio source policy settings as JSON, e.g. \'{"allow_urls": false}\' (see README "Serving safely")',
+    )
     return chat
+
+
+def check_model_source(model: str) -> None:
+    """One clear line for a --model that is a missing folder, not a model folder, or not a DeSTA checkpoint."""
+    path = Path(model).expanduser()
+    if not path.exists() and HUB_ID.fullmatch(model):
+        return
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {model}: no such model folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--model {model}: the folder has no config.json, so it is not a saved model")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"--model {model}: config.json is not a valid JSON object ({error})") from None
+    if model_type != "desta":
+        raise ValueError(
+            f"--model {model}: this is a {model_type!r} model, not a DeSTA checkpoint (model_type 'desta'); "
+            "build one with train_sft.py or `desta-audio convert`"
+        )
 
 
 def check_audio_inputs(paths: list[str]) -> None:
@@ -103,12 +135,16 @@ def generation_kwargs(args) -> dict:
 
 def run_chat(args) -> int:
     check_audio_inputs(args.audio)
+    check_model_source(args.model)
     conversation = build_conversation(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    kwargs = generation_kwargs(args)
+    if args.audio_policy is not None:
+        kwargs["audio_policy"] = args.audio_policy
     if args.stream:
-        result = stream_answer(pipe, conversation, generation_kwargs(args))
+        result = stream_answer(pipe, conversation, kwargs)
     else:
-        result = pipe(conversation, **generation_kwargs(args))
+        result = pipe(conversation, **kwargs)
         sys.stdout.write(result["generated_text"] + "\n")
     if args.verbose:
         for path, transcript in zip(args.audio, result["transcripts"]):
@@ -216,6 +252,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
+    check_model_source(args.model)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
         report = ev.knowledge_retention(
@@ -302,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         sys.stderr.write(f"desta-audio: error: {error}\n")
         return 2
+    except Exception as error:  # anything else still gets one line; DESTA_AUDIO_DEBUG=1 shows the traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"desta-audio: error: {type(error).__name__}: {error} (set {DEBUG_ENV}=1 for details)\n")
+        return 1
 
 
 if __name__ == "__main__":

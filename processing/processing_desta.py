@@ -7,12 +7,14 @@ replaces the placeholders with connector outputs; everything else is ordinary te
 
 import math
 import os
+import re
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
+from .audio_sources import AudioSourcePolicy
 
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
 from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
@@ -24,6 +26,11 @@ REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
 DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
 CONTENT_JOINER = "\n\n"
 ASR_TOKENIZER_FOLDER = "asr_tokenizer"
+# Private-use characters fencing special-token strings found in message text, so that they are tokenised as
+# plain text (never as the template's control tokens or the audio placeholder). Stripped from user text first.
+INERT_OPEN, INERT_CLOSE = "\ue000", "\ue001"
+FENCED_SPAN = re.compile(f"({INERT_OPEN}[^{INERT_CLOSE}]*{INERT_CLOSE})")
+ROLE_PATTERN = re.compile(r"[A-Za-z][\w-]{0,63}")
 
 
 class DestaProcessor(ProcessorMixin):
@@ -44,6 +51,10 @@ class DestaProcessor(ProcessorMixin):
             converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
         empty_transcript (`str`, defaults to `""`): text standing in for a missing or blank transcript. The
             release trained with `" "` (one token) for clips without speech; converted checkpoints set that.
+        trusted_input (`bool`, defaults to `True`): `True` reads any local path or URL in a chat (local use);
+            `False` is what a server sets: only arrays and bytes unless `audio_policy` opens paths or URLs.
+        audio_policy (`dict`, *optional*): `AudioSourcePolicy` settings over the defaults of `trusted_input`
+            (e.g. `{"allow_paths": True, "path_root": "/srv/audio"}`); saved in `processor_config.json`.
     """
 
     def __init__(
@@ -59,6 +70,8 @@ class DestaProcessor(ProcessorMixin):
         chat_template: str | None = None,
         default_system_prompt: str | None = None,
         empty_transcript: str = "",
+        trusted_input: bool = True,
+        audio_policy: dict | None = None,
     ):
         self.audio_token = audio_token
         self.num_audio_queries = num_audio_queries
@@ -68,6 +81,11 @@ class DestaProcessor(ProcessorMixin):
         self.max_audio_seconds = max_audio_seconds
         self.default_system_prompt = default_system_prompt
         self.empty_transcript = empty_transcript
+        self.trusted_input = trusted_input
+        if isinstance(audio_policy, AudioSourcePolicy):
+            audio_policy = audio_policy.to_dict()
+        AudioSourcePolicy.for_input(trusted_input, audio_policy)  # unknown settings fail here, not per request
+        self.audio_policy = dict(audio_policy or {})
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
@@ -128,9 +146,21 @@ class DestaProcessor(ProcessorMixin):
     def window_samples(self) -> int:
         return self.feature_extractor.n_samples
 
-    def load_audio(self, source) -> np.ndarray:
-        """Decode one audio item (path, URL, bytes, array, dict, AudioDecoder) to 16 kHz mono float32."""
-        return load_audio(source, sampling_rate=self.feature_extractor.sampling_rate)
+    def source_policy(self, audio_policy: "dict | AudioSourcePolicy | None" = None) -> AudioSourcePolicy:
+        """The audio source policy in force: this processor's, updated by a per-call `audio_policy`."""
+        if isinstance(audio_policy, AudioSourcePolicy):
+            return audio_policy
+        return AudioSourcePolicy.for_input(self.trusted_input, {**(self.audio_policy or {}), **(audio_policy or {})})
+
+    def load_audio(self, source, audio_policy: "dict | AudioSourcePolicy | None" = None) -> np.ndarray:
+        """Decode one audio item (path, URL, bytes, array, dict, AudioDecoder) to 16 kHz mono float32, within
+        the audio source policy and `max_audio_seconds` (checked before the clip is decoded in full)."""
+        return load_audio(
+            source,
+            sampling_rate=self.feature_extractor.sampling_rate,
+            max_seconds=self.max_audio_seconds,
+            policy=self.source_policy(audio_policy),
+        )
 
     def num_windows(self, waveform: np.ndarray) -> int:
         """How many 30 s windows a clip spans; clips over `max_audio_seconds` raise instead of being cut."""
@@ -173,6 +203,11 @@ class DestaProcessor(ProcessorMixin):
             if token_id != self.audio_token_id:
                 expanded.append(token_id)
                 continue
+            if audio_index >= len(window_counts):
+                raise ValueError(
+                    f"The text holds more audio placeholders ({self.audio_token!r}) than the {len(window_counts)} "
+                    "audio clips given."
+                )
             expanded.extend([token_id] * (self.num_audio_queries * window_counts[audio_index]))
             expanded.extend(self._transcript_ids(transcripts[audio_index]))
             audio_index += 1
@@ -196,11 +231,14 @@ class DestaProcessor(ProcessorMixin):
         """
         if text is None:
             raise ValueError("DestaProcessor needs `text`; audio goes where `audio_token` appears in it.")
+        audio_policy = kwargs.pop("audio_policy", None)
         texts = [text] if isinstance(text, str) else list(text)
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
         self._check_audio_count(texts, audios, transcripts)
-        features, window_counts = self.extract_features([self.load_audio(a) for a in audios]) if audios else (None, [])
+        features, window_counts = (
+            self.extract_features([self.load_audio(a, audio_policy) for a in audios]) if audios else (None, [])
+        )
         encoded = self.encode_text(
             texts, window_counts, transcripts, padding, padding_side, add_special_tokens, return_tensors, **kwargs
         )
@@ -220,11 +258,9 @@ class DestaProcessor(ProcessorMixin):
         **kwargs,
     ) -> BatchFeature:
         """Token ids for `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i."""
-        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
-        encoded = self.tokenizer(
-            [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
+        input_ids = self._expand_batch(
+            self.tokenize_prompts(texts, add_special_tokens, **kwargs), window_counts, transcripts
         )
-        input_ids = self._expand_batch(encoded["input_ids"], window_counts, transcripts)
         padded = self.tokenizer.pad(
             {"input_ids": input_ids}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
         )
@@ -244,8 +280,57 @@ class DestaProcessor(ProcessorMixin):
             offset += count
         return expanded
 
+    # ------------------------------------------------------------------ inert special tokens in message text
+    def _special_token_pattern(self) -> re.Pattern | None:
+        """A regex matching every special token string of the tokenizer (the audio token included)."""
+        key = (id(self.tokenizer), len(self.tokenizer), self.audio_token)
+        if getattr(self, "_special_pattern_key", None) != key:
+            specials = {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
+            specials |= {self.audio_token, *self.tokenizer.all_special_tokens}
+            ordered = sorted((s for s in specials if s), key=len, reverse=True)
+            self._special_pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+            self._special_pattern_key = key
+        return self._special_pattern
+
+    def make_inert(self, text: str) -> str:
+        """Message text with each special-token string fenced, so it is tokenised as text (no forged turns, no
+        injected audio placeholders); `tokenize_prompts` honours the fences, `visible_text` removes them."""
+        text = text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
+        pattern = self._special_token_pattern()
+        return pattern.sub(lambda match: INERT_OPEN + match.group(0) + INERT_CLOSE, text) if pattern else text
+
+    @staticmethod
+    def visible_text(text: str) -> str:
+        """Rendered text without the inert fences (what a reader should see)."""
+        return text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
+
+    def tokenize_prompts(self, texts: list[str], add_special_tokens: bool = False, **kwargs) -> list[list[int]]:
+        """Token ids of rendered texts: audio tokens become `<start_audio>` + token + `<end_audio>`, fenced
+        special-token strings are tokenised as plain text. Unfenced text tokenises exactly as the tokenizer does."""
+        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
+        if not any(INERT_OPEN in text for text in texts):
+            encoded = self.tokenizer(
+                [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
+            )
+            return list(encoded["input_ids"])
+        return [self._tokenize_fenced(text, marker, add_special_tokens) for text in texts]
+
+    def _tokenize_fenced(self, text: str, marker: str, add_special_tokens: bool) -> list[int]:
+        ids, first = [], True
+        for part in FENCED_SPAN.split(text):
+            if not part:
+                continue
+            fenced = part.startswith(INERT_OPEN)
+            ids += self.tokenizer(
+                part[1:-1] if fenced else part.replace(self.audio_token, marker),
+                add_special_tokens=add_special_tokens and first,
+                split_special_tokens=fenced,
+            ).input_ids
+            first = False
+        return ids
+
     def _check_audio_count(self, texts: list[str], audios: list, transcripts: list) -> None:
-        markers = sum(t.count(self.audio_token) for t in texts)
+        markers = sum(FENCED_SPAN.sub("", t).count(self.audio_token) for t in texts)
         if markers != len(audios):
             raise ValueError(
                 f"The text holds {markers} audio placeholders ({self.audio_token!r}) but {len(audios)} audio clips "
@@ -260,12 +345,12 @@ class DestaProcessor(ProcessorMixin):
 
         Content is either a list of `{"type": "text"|"audio", ...}` items (joined with a blank line), or the
         reference / DeSTA-AQA5M format: a string with `<|AUDIO|>` locators plus an `audios` list of
-        `{"audio": path, "text": transcript}`, kept verbatim.
+        `{"audio": path, "text": transcript}`, kept verbatim. Special-token strings typed in message text are
+        fenced as inert text (`make_inert`); keep the returned text for `encode_text` / `__call__`.
         """
         messages, audio_items = [], []
-        for message in conversation:
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise ValueError(f"Each message needs 'role' and 'content'; got {message!r}.")
+        for index, message in enumerate(conversation):
+            _check_message(message, index)
             if isinstance(message["content"], str):
                 text, items = self._render_reference_content(message["content"], message.get("audios") or [])
             else:
@@ -293,7 +378,10 @@ class DestaProcessor(ProcessorMixin):
                 parts.append(self.audio_token)
                 audio_items.append(item)
             else:
-                parts.append(item.get("text") or "")
+                text = item.get("text")
+                if text is not None and not isinstance(text, str):
+                    raise ValueError(f"A text item's 'text' must be a string; got {type(text).__name__}: {item!r}.")
+                parts.append(self.make_inert(text or ""))
         return CONTENT_JOINER.join(parts), audio_items
 
     def _render_reference_content(self, content: str, audios: list[dict]) -> tuple[str, list[dict]]:
@@ -306,7 +394,8 @@ class DestaProcessor(ProcessorMixin):
             {"type": "audio", "path": entry.get("audio", entry.get("path")), "transcript": entry.get("text")}
             for entry in audios
         ]
-        return content.replace(REFERENCE_AUDIO_LOCATOR, self.audio_token), items
+        pieces = [self.make_inert(piece) for piece in content.split(REFERENCE_AUDIO_LOCATOR)]
+        return self.audio_token.join(pieces), items
 
     def apply_chat_template(
         self,
@@ -322,15 +411,18 @@ class DestaProcessor(ProcessorMixin):
     ):
         """Render one conversation or a batch of them and, with `tokenize=True`, encode text and audio.
 
-        Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`.
+        Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`, read
+        within the processor's audio source policy (`audio_policy=` overrides it for this call).
         Extra keyword arguments (e.g. `continue_final_message`) go to the chat template. The result is always
         a dict-like `BatchFeature`; `return_dict` exists for the `any-to-any` pipeline's calling convention.
         """
+        audio_policy = template_kwargs.pop("audio_policy", None)
         single = _is_single_conversation(conversation)
         conversations = [conversation] if single else list(conversation)
         rendered = [self.render_conversation(c, add_generation_prompt, **template_kwargs) for c in conversations]
         texts = [text for text, _ in rendered]
         if not tokenize:
+            texts = [self.visible_text(text) for text in texts]
             return texts[0] if single else texts
         items = [item for _, row_items in rendered for item in row_items]
         return self(
@@ -341,6 +433,7 @@ class DestaProcessor(ProcessorMixin):
             padding_side=padding_side,
             add_special_tokens=False,
             return_tensors=return_tensors,
+            **({"audio_policy": audio_policy} if audio_policy is not None else {}),
             **(processor_kwargs or {}),
         )
 
@@ -358,6 +451,23 @@ def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
         return AutoTokenizer.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _check_message(message, index: int) -> None:
+    """One clear line for a malformed message: its index and what is wrong."""
+    if not isinstance(message, dict):
+        raise ValueError(f"Message {index} must be a dict with 'role' and 'content'; got {type(message).__name__}.")
+    missing = [key for key in ("role", "content") if key not in message]
+    if missing:
+        raise ValueError(f"Message {index} has no {' or '.join(map(repr, missing))}; got keys {sorted(message)}.")
+    role, content = message["role"], message["content"]
+    if not isinstance(role, str) or not ROLE_PATTERN.fullmatch(role):
+        raise ValueError(f"Message {index} has an invalid role {role!r}; use a plain name such as 'user'.")
+    if not isinstance(content, (str, list, tuple)):
+        raise ValueError(
+            f"Message {index} ({role}) has content {content!r}; give a string or a list of "
+            "{'type': 'text'|'audio', ...} items."
+        )
 
 
 def _is_single_conversation(conversation) -> bool:
