@@ -52,14 +52,19 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
 
 
 def load_pipeline(model, processor=None, device: str = "auto", dtype: str = "auto"):
-    """The audio-text-to-text pipeline for a folder / Hub id, an in-memory model + processor, or a ready pipeline."""
+    """The audio-text-to-text pipeline for a folder / Hub id, an in-memory model + processor, or a ready pipeline.
+
+    The tools run this installed package's classes, not the checkpoint's copy of them (remote code): one set of
+    classes, so `except AudioTooLongError` and `isinstance(policy, AudioSourcePolicy)` mean what they say.
+    """
     if isinstance(model, Pipeline):
         return model
     if isinstance(model, (str, os.PathLike)):
         return pipeline(
             "audio-text-to-text",
             model=os.fspath(model),
-            trust_remote_code=True,
+            pipeline_class=DestaAudioTextToTextPipeline,
+            trust_remote_code=False,
             device=resolve_device(device),
             dtype=dtype,
         )

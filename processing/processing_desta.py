@@ -150,6 +150,8 @@ class DestaProcessor(ProcessorMixin):
         """The audio source policy in force: this processor's, updated by a per-call `audio_policy`."""
         if isinstance(audio_policy, AudioSourcePolicy):
             return audio_policy
+        if hasattr(audio_policy, "to_dict"):  # a policy made by another copy of this code (installed vs remote)
+            audio_policy = audio_policy.to_dict()
         return AudioSourcePolicy.for_input(self.trusted_input, {**(self.audio_policy or {}), **(audio_policy or {})})
 
     def load_audio(self, source, audio_policy: "dict | AudioSourcePolicy | None" = None) -> np.ndarray:

@@ -144,22 +144,26 @@ def test_missing_upload(pipe, tmp_path):
         load_clip(tmp_path / "gone.wav", pipe.processor, MAX_BYTES)
 
 
-def test_clip_over_max_audio_seconds_is_refused_before_decoding(pipe, clips, monkeypatch):
+def test_clip_over_max_audio_seconds_is_refused(pipe, clips, monkeypatch):
     monkeypatch.setattr(pipe.processor, "max_audio_seconds", 3.0)
-    decoded = []
-    monkeypatch.setattr(pipe.processor, "load_audio", lambda path: decoded.append(path))
     with pytest.raises(DemoInputError) as error:
         load_clip(clips["five"], pipe.processor, MAX_BYTES)
-    assert str(error.value) == "five_seconds.wav lasts 5.0 s; this demo accepts clips up to 3 s."
-    assert decoded == []
+    assert str(error.value) == "five_seconds.wav is longer than 3 s, the longest clip this demo accepts."
 
 
-def test_clip_without_a_readable_duration_is_checked_after_decoding(pipe, clips, monkeypatch):
-    monkeypatch.setattr(pipe.processor, "max_audio_seconds", 3.0)
-    monkeypatch.setattr(demo.session, "header_duration", lambda path: None)
-    with pytest.raises(DemoInputError) as error:
-        load_clip(clips["five"], pipe.processor, MAX_BYTES)
-    assert str(error.value) == "five_seconds.wav lasts 5.0 s; this demo accepts clips up to 3 s."
+def test_uploads_are_decoded_from_bytes_under_the_untrusted_policy(pipe, clips, monkeypatch):
+    """The upload's bytes reach the decoder, never its path, under a policy that refuses paths and URLs."""
+    seen = []
+    decode = pipe.processor.load_audio
+    monkeypatch.setattr(
+        pipe.processor,
+        "load_audio",
+        lambda source, audio_policy=None: seen.append((source, audio_policy)) or decode(source, audio_policy),
+    )
+    waveform = load_clip(clips["five"], pipe.processor, MAX_BYTES)
+    ((source, policy),) = seen
+    assert source == clips["five"].read_bytes() and len(waveform) == 5 * 16000
+    assert not policy.allow_paths and not policy.allow_urls
 
 
 def test_file_over_the_size_limit_is_refused(pipe, clips):

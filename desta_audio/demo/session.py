@@ -20,12 +20,16 @@ from huggingface_hub import hf_hub_download
 from transformers import TextIteratorStreamer
 
 from processing import DEFAULT_SYSTEM_PROMPT
-from processing.audio_io import TARGET_SAMPLING_RATE
+from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError
+from processing.audio_sources import AudioSourcePolicy
 
 from ..common import load_pipeline
 from ..hub.convert import RELEASE_REPO_ID, convert
 
 logger = logging.getLogger(__name__)
+
+# Uploads are strangers' files: decoded from bytes, with the untrusted policy's caps and no paths or URLs.
+UPLOAD_POLICY = AudioSourcePolicy.for_input(trusted_input=False)
 
 DEFAULT_MODEL_ID = RELEASE_REPO_ID
 MODEL_ENV_VAR = "DESTA_AUDIO_MODEL"  # a Space has no command line: its settings can set the model here
@@ -123,30 +127,12 @@ def clip_name(path: str | os.PathLike) -> str:
     return Path(path).name
 
 
-def header_duration(path: str) -> float | None:
-    """The clip's duration from its container header, without decoding samples; None when unknown."""
-    try:
-        from torchcodec.decoders import AudioDecoder
-
-        seconds = AudioDecoder(path).metadata.duration_seconds_from_header
-        if seconds is not None:
-            return float(seconds)
-    except Exception:  # not installed, or no header torchcodec reads: try soundfile
-        logger.debug("torchcodec cannot read the header of %s", path, exc_info=True)
-    try:
-        import soundfile
-
-        return float(soundfile.info(path).duration)
-    except Exception:
-        logger.debug("soundfile cannot read the header of %s", path, exc_info=True)
-        return None
-
-
 def load_clip(path: str | os.PathLike, processor, max_bytes: int) -> np.ndarray:
     """An uploaded or recorded file as a 16 kHz mono waveform, or a `DemoInputError` saying what is wrong.
 
-    The size and the header's duration are checked before anything is decoded, the decoded length again after
-    (a header can lie). This is the one place the demo reads audio.
+    Uploads come from strangers: the size is checked before the file is read, and the bytes are decoded under the
+    untrusted audio policy (`processing.audio_sources`), which bounds the decoded length by `max_audio_seconds`
+    before a whole clip is decoded. This is the one place the demo reads audio.
     """
     path, name = os.fspath(path), clip_name(path)
     if not os.path.isfile(path):
@@ -156,23 +142,17 @@ def load_clip(path: str | os.PathLike, processor, max_bytes: int) -> np.ndarray:
         raise DemoInputError(
             f"{name} is {size / 2**20:.1f} MB; this demo accepts files up to {max_bytes / 2**20:.3g} MB."
         )
-    limit = processor.max_audio_seconds
-    seconds = header_duration(path)
-    if seconds is not None and seconds > limit:
-        raise DemoInputError(too_long(name, seconds, limit))
     try:
-        waveform = processor.load_audio(path)
+        return processor.load_audio(Path(path).read_bytes(), audio_policy=UPLOAD_POLICY)
+    except AudioTooLongError as error:
+        raise DemoInputError(too_long(name, processor.max_audio_seconds)) from error
     except Exception as error:
         logger.info("Could not decode %s: %s", path, error)
         raise DemoInputError(f"Could not read {name} as audio. Upload a WAV, FLAC, MP3 or OGG file.") from error
-    seconds = len(waveform) / TARGET_SAMPLING_RATE
-    if seconds > limit:
-        raise DemoInputError(too_long(name, seconds, limit))
-    return waveform
 
 
-def too_long(name: str, seconds: float, limit: float) -> str:
-    return f"{name} lasts {seconds:.1f} s; this demo accepts clips up to {limit:g} s."
+def too_long(name: str, limit: float) -> str:
+    return f"{name} is longer than {limit:g} s, the longest clip this demo accepts."
 
 
 # ----------------------------------------------------------------------------- the chat
