@@ -547,12 +547,15 @@ def _audio_token_settings(llm, processor, audio_token_id, vocab_size, config_ove
 
 
 # Keyword arguments transformers' Auto classes and pipelines pass that mean nothing for a release folder.
-IGNORED_RELEASE_KWARGS = {"trust_remote_code", "code_revision", "use_safetensors", "attn_implementation"}
+IGNORED_RELEASE_KWARGS = {"trust_remote_code", "code_revision", "use_safetensors", "attn_implementation", "adapter_kwargs"}
 
 
 def _check_release_kwargs(kwargs: dict) -> None:
+    """Refuse options a release load would otherwise drop silently (e.g. `device_map`); unset ones are fine."""
     unknown = sorted(
-        key for key in kwargs if not key.startswith("_") and key not in IGNORED_RELEASE_KWARGS and key not in HUB_KWARGS
+        key
+        for key, value in kwargs.items()
+        if value not in (None, {}) and not key.startswith("_") and key not in IGNORED_RELEASE_KWARGS | set(HUB_KWARGS)
     )
     if unknown:
         raise TypeError(f"Loading a release-format checkpoint does not support {unknown}.")
