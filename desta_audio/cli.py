@@ -16,7 +16,10 @@ import threading
 from pathlib import Path
 
 import yaml
+from transformers import AutoConfig
 
+from modeling_desta.configuration_desta import DestaReleaseConfig
+from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from . import evaluation as ev
@@ -25,7 +28,8 @@ from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
 
-DEFAULT_MODEL_ID = "desta-audio/DeSTA2.5-Audio-Llama-3.1-8B"
+# The authors' release: it loads as it is (its connector, on the LLM and Whisper it names), no conversion step.
+DEFAULT_MODEL_ID = RELEASE_REPO_ID
 DEFAULT_PROMPT = "Describe the audio."
 DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
 
@@ -96,9 +100,22 @@ def generation_kwargs(args) -> dict:
     return kwargs
 
 
+def check_model_reachable(model: str) -> None:
+    """Fetch the model's config, and for the release format its components' configs, before loading anything.
+
+    A gated LLM (Llama 3.1 needs its licence accepted) or a missing repo then ends the command with one line
+    naming the repo and the fix, instead of the pipeline's tracebacks of every model class it tried.
+    """
+    config = fetch_component(AutoConfig.from_pretrained, model, "model", "--model", trust_remote_code=True)
+    if isinstance(config, DestaReleaseConfig):
+        fetch_component(AutoConfig.from_pretrained, config.llm_model_id, "LLM (llm_model_id)", model)
+        fetch_component(AutoConfig.from_pretrained, config.encoder_model_id, "Whisper (encoder_model_id)", model)
+
+
 def run_chat(args) -> int:
     check_audio_inputs(args.audio)
     conversation = build_conversation(args)
+    check_model_reachable(args.model)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     if args.stream:
         result = stream_answer(pipe, conversation, generation_kwargs(args))
@@ -211,6 +228,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
+    check_model_reachable(args.model)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
         report = ev.knowledge_retention(

@@ -181,7 +181,10 @@ def fetch_component(loader, repo_id: str, role: str, release: str, **kwargs):
         return loader(repo_id, **kwargs)
     except OSError as error:
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        if "gated repo" in str(error):
+            hint = f"access is gated: accept its licence at https://huggingface.co/{repo_id}, then log in with"
+        else:
+            hint = f"{reason.rstrip('.')}. A private or gated repo needs"
         raise ComponentUnavailableError(
-            f"cannot fetch {repo_id!r}, the {role} named by {release}: {reason} If it is gated, accept its licence "
-            f"at https://huggingface.co/{repo_id} and log in with `hf auth login` (or pass token=...)."
+            f"cannot fetch {repo_id!r}, the {role} named by {release}: {hint} `hf auth login` (or token=...)."
         ) from error
