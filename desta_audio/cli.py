@@ -116,7 +116,7 @@ def run_chat(args) -> int:
     check_audio_inputs(args.audio)
     conversation = build_conversation(args)
     check_model_reachable(args.model)
-    pipe = load_pipeline(args.model, args.device, args.dtype)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     if args.stream:
         result = stream_answer(pipe, conversation, generation_kwargs(args))
     else:

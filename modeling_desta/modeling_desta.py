@@ -35,7 +35,6 @@ from .connector_desta import DestaConnector
 from .release_desta import (
     HUB_KWARGS,
     REFERENCE_QFORMER_SETTINGS,
-    ReleaseFormatError,
     check_release_config,
     fetch_component,
     hub_kwargs,
@@ -403,8 +402,8 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
 
         `revision` selects the release's own files; `token`, `cache_dir`, `local_files_only`, `force_download` and
         `proxies` apply to the release and to both components. Every connector key is mapped strictly (a missing,
-        extra or misshapen key is a `ReleaseFormatError` naming it); a component that cannot be fetched (gated,
-        missing, offline) is a `ComponentUnavailableError` in one line.
+        extra or misshapen key is a `ValueError` naming it); a component that cannot be fetched (gated,
+        missing, offline) is an `OSError` of one line.
         """
         fetch = hub_kwargs(kwargs)
         dtype = kwargs.pop("torch_dtype", None) if dtype is None else dtype
@@ -415,7 +414,7 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
         placeholder = release["placeholder_token"]
         if placeholder not in tokenizer.get_vocab():
-            raise ReleaseFormatError(
+            raise ValueError(
                 f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
                 "existing token, so this checkpoint does not belong to that LLM."
             )
@@ -547,7 +546,13 @@ def _audio_token_settings(llm, processor, audio_token_id, vocab_size, config_ove
 
 
 # Keyword arguments transformers' Auto classes and pipelines pass that mean nothing for a release folder.
-IGNORED_RELEASE_KWARGS = {"trust_remote_code", "code_revision", "use_safetensors", "attn_implementation", "adapter_kwargs"}
+IGNORED_RELEASE_KWARGS = {
+    "trust_remote_code",
+    "code_revision",
+    "use_safetensors",
+    "attn_implementation",
+    "adapter_kwargs",
+}
 
 
 def _check_release_kwargs(kwargs: dict) -> None:

@@ -65,14 +65,6 @@ REFERENCE_QFORMER_SETTINGS = {
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only")
 
 
-class ReleaseFormatError(ValueError):
-    """A folder or repo in the release format that this package cannot reproduce; the message names what."""
-
-
-class ComponentUnavailableError(OSError):
-    """An LLM or Whisper named by a release could not be fetched (gated, missing, offline); one-line message."""
-
-
 def pick_audio_token(vocab: dict[str, int]) -> str:
     """The audio placeholder for a tokenizer with this vocabulary: the one rule of model and processor.
 
@@ -111,17 +103,17 @@ def check_release_config(config: dict, source: str) -> dict:
     """The release's config, after checking it describes a connector this package reproduces."""
     missing = [field for field in REQUIRED_REFERENCE_FIELDS if config.get(field) in (None, "")]
     if missing:
-        raise ReleaseFormatError(f"{source}/config.json lacks {missing}; is this a DeSTA2.5-Audio checkpoint?")
+        raise ValueError(f"{source}/config.json lacks {missing}; is this a DeSTA2.5-Audio checkpoint?")
     mode = config.get("connector_mode", SUPPORTED_CONNECTOR_MODE)
     if mode != SUPPORTED_CONNECTOR_MODE:
-        raise ReleaseFormatError(f"connector_mode={mode!r} is not supported; only {SUPPORTED_CONNECTOR_MODE!r} exists.")
+        raise ValueError(f"connector_mode={mode!r} is not supported; only {SUPPORTED_CONNECTOR_MODE!r} exists.")
     if config.get("use_lora"):
-        raise ReleaseFormatError(
+        raise ValueError(
             "use_lora=true: LoRA weights on the LLM have no place here; only connector-only checkpoints load."
         )
     if config["audio_locator"] != REFERENCE_AUDIO_LOCATOR:
         # DestaProcessor reads reference-format messages by this locator; another one would go unrecognised.
-        raise ReleaseFormatError(
+        raise ValueError(
             f"audio_locator={config['audio_locator']!r} is not {REFERENCE_AUDIO_LOCATOR!r}, the one DestaProcessor "
             "reads."
         )
@@ -132,7 +124,7 @@ def reference_audio_layer_ids(num_encoder_layers: int) -> list[int]:
     """The reference's taps for a Whisper of this depth; it supports no other Whisper sizes."""
     size = WHISPER_SIZE_BY_ENCODER_LAYERS.get(num_encoder_layers)
     if size is None:
-        raise ReleaseFormatError(
+        raise ValueError(
             f"A Whisper encoder with {num_encoder_layers} layers has no reference taps; the reference supports "
             f"{sorted(WHISPER_SIZE_BY_ENCODER_LAYERS)} layers ({', '.join(WHISPER_SIZE_BY_ENCODER_LAYERS.values())})."
         )
@@ -142,7 +134,7 @@ def reference_audio_layer_ids(num_encoder_layers: int) -> list[int]:
 def map_connector_state_dict(reference_state: dict[str, torch.Tensor], target_shapes: dict[str, torch.Size]) -> dict:
     """Reference tensors keyed for `model.model.connector.load_state_dict`, after checking every key both ways.
 
-    `target_shapes` maps connector-relative names to shapes. Raises `ReleaseFormatError` naming each reference
+    `target_shapes` maps connector-relative names to shapes. Raises `ValueError` naming each reference
     key with no target, each target key no reference tensor fills, and each shape mismatch.
     """
     mapped, unmapped = {}, []
@@ -162,7 +154,7 @@ def map_connector_state_dict(reference_state: dict[str, torch.Tensor], target_sh
     errors += [f"missing from checkpoint: {key}" for key in missing]
     errors += [f"shape mismatch: {line}" for line in mismatched]
     if errors:
-        raise ReleaseFormatError("The checkpoint does not match the connector:\n- " + "\n- ".join(errors))
+        raise ValueError("The checkpoint does not match the connector:\n- " + "\n- ".join(errors))
     return mapped
 
 
@@ -175,7 +167,8 @@ def fetch_component(loader, repo_id: str, role: str, release: str, **kwargs):
     """`loader(repo_id, **kwargs)`, with a failure to fetch turned into one line naming the repo and the fix.
 
     transformers reports a gated repo (Llama 3.1 needs its license accepted), a missing repo or no network as an
-    `OSError` of several lines; the first says what happened.
+    `OSError` of several lines; the first says what happened. (Errors here are plain `OSError` / `ValueError`:
+    this file is loaded twice, as a sibling of each half, so classes of its own would not be one class.)
     """
     try:
         return loader(repo_id, **kwargs)
@@ -185,6 +178,6 @@ def fetch_component(loader, repo_id: str, role: str, release: str, **kwargs):
             hint = f"access is gated: accept its licence at https://huggingface.co/{repo_id}, then log in with"
         else:
             hint = f"{reason.rstrip('.')}. A private or gated repo needs"
-        raise ComponentUnavailableError(
+        raise OSError(
             f"cannot fetch {repo_id!r}, the {role} named by {release}: {hint} `hf auth login` (or token=...)."
         ) from error

@@ -26,7 +26,6 @@ from .release_desta import (
     RELEASE_AUDIO_START_TEXT,
     RELEASE_EMPTY_TRANSCRIPT,
     RELEASE_MODEL_TYPE,
-    ReleaseFormatError,
     check_release_config,
     fetch_component,
     hub_kwargs,
@@ -137,7 +136,7 @@ class DestaProcessor(ProcessorMixin):
         tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
         placeholder = release["placeholder_token"]
         if placeholder not in tokenizer.get_vocab():
-            raise ReleaseFormatError(
+            raise ValueError(
                 f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
                 "existing token, so this checkpoint does not belong to that LLM."
             )

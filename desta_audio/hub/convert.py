@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from modeling_desta import DestaForConditionalGeneration
-from modeling_desta.release_desta import RELEASE_REPO_ID, ReleaseFormatError
+from modeling_desta.release_desta import RELEASE_REPO_ID
 from processing import DestaProcessor
 
 from .card import render_model_card
@@ -60,8 +60,9 @@ RELEASE_FACTS = {
 }
 
 
-# A checkpoint that does not convert; the message names what is wrong (keys, fields, components).
-ConversionError = ReleaseFormatError
+# A checkpoint that does not convert raises this, the message naming what is wrong (keys, fields); the release
+# reader raises plain ValueErrors (see `modeling_desta/release_desta.py`), so the name stays for callers.
+ConversionError = ValueError
 
 
 def convert(
