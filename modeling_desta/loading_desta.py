@@ -9,10 +9,12 @@ import os
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
     PreTrainedModel,
+    WhisperConfig,
     WhisperForConditionalGeneration,
 )
 from transformers.modeling_utils import load_state_dict
@@ -103,6 +105,22 @@ class DestaAssemblyMixin:
                 f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
                 "existing token, so this checkpoint does not belong to that LLM."
             )
+        whisper_config = fetch_component(
+            WhisperConfig.from_pretrained, whisper_id, "Whisper (encoder_model_id)", source, **fetch
+        )
+        llm_config = fetch_component(AutoConfig.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
+        overrides = {
+            "num_audio_queries": int(release["prompt_size"]),
+            "audio_layer_ids": reference_audio_layer_ids(whisper_config.encoder_layers),
+            "qformer_num_hidden_layers": int(release["qformer_num_hidden_layers"]),
+            "qformer_num_attention_heads": whisper_config.encoder_attention_heads,
+            **REFERENCE_QFORMER_SETTINGS,
+        }
+        # Check every connector key before fetching gigabytes of LLM weights.
+        connector_state = load_state_dict(release_weights_file(path_or_repo, revision, **fetch))
+        _connector_tensors(
+            DestaConfig(audio_config=whisper_config, text_config=llm_config, **overrides), connector_state
+        )
         llm_kwargs = {"attn_implementation": kwargs["attn_implementation"]} if "attn_implementation" in kwargs else {}
         llm_model = fetch_component(
             AutoModelForCausalLM.from_pretrained,
@@ -121,14 +139,6 @@ class DestaAssemblyMixin:
             dtype=dtype,
             **fetch,
         )
-        overrides = {
-            "num_audio_queries": int(release["prompt_size"]),
-            "audio_layer_ids": reference_audio_layer_ids(whisper_model.config.encoder_layers),
-            "qformer_num_hidden_layers": int(release["qformer_num_hidden_layers"]),
-            "qformer_num_attention_heads": whisper_model.config.encoder_attention_heads,
-            **REFERENCE_QFORMER_SETTINGS,
-        }
-        connector_state = load_state_dict(release_weights_file(path_or_repo, revision, **fetch))
         model = cls._assemble(
             llm_model,
             whisper_model,
@@ -188,10 +198,16 @@ def _connector(model: PreTrainedModel, state: dict | None, dtype: torch.dtype) -
         return connector
     with torch.device("meta"):
         connector = DestaConnector(model.config)
-    target_shapes = {name: tensor.shape for name, tensor in connector.state_dict().items()}
-    mapped = map_connector_state_dict(state, target_shapes)
+    mapped = _connector_tensors(model.config, state)
     connector.load_state_dict({name: tensor.to(dtype) for name, tensor in mapped.items()}, strict=True, assign=True)
     return connector
+
+
+def _connector_tensors(config: DestaConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The release tensors keyed for a connector of `config`, every key checked both ways (no memory used)."""
+    with torch.device("meta"):
+        target_shapes = {name: tensor.shape for name, tensor in DestaConnector(config).state_dict().items()}
+    return map_connector_state_dict(state, target_shapes)
 
 
 def _audio_token_settings(llm, processor, audio_token_id, vocab_size, config_overrides) -> tuple[int, int | None]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub.errors import GatedRepoError
+from safetensors.torch import load_file, save_file
 from test_hub import PLACEHOLDER, PROMPT_SIZE, reference_state_dict, write_reference_checkpoint
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, pipeline
 from transformers.utils import hub as transformers_hub
@@ -271,3 +273,18 @@ def test_release_connector_is_the_loaded_tensors(release_dir):
     model = DestaForConditionalGeneration.from_pretrained(release_dir)
     assert not any(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
     assert model.config.text_config is model.model.language_model.config  # one config object, not a copy
+
+
+def test_connector_keys_are_checked_before_the_llm_weights_are_fetched(tmp_path, release_dir, llm_dir):
+    """A bad release fails on its keys at once, not after gigabytes of LLM weights (here: weights absent)."""
+    weightless_llm = tmp_path / "llm-without-weights"
+    shutil.copytree(llm_dir, weightless_llm, ignore=shutil.ignore_patterns("*.safetensors"))
+    folder = tmp_path / "bad-release"
+    folder.mkdir()
+    state = load_file(release_dir / "model.safetensors")
+    state.pop("perception.connector.layer_weights")
+    save_file(state, folder / "model.safetensors")
+    config = json.loads((release_dir / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "llm_model_id": str(weightless_llm)}))
+    with pytest.raises(ValueError, match=re.escape("missing from checkpoint: model.connector.layer_weights")):
+        DestaForConditionalGeneration.from_pretrained(folder)
