@@ -19,7 +19,10 @@ import threading
 from pathlib import Path
 
 import yaml
+from transformers import AutoConfig
 
+from modeling_desta.configuration_desta import DestaReleaseConfig
+from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from . import evaluation as ev
@@ -29,11 +32,13 @@ from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
 
-DEFAULT_MODEL_ID = "desta-audio/DeSTA2.5-Audio-Llama-3.1-8B"
+# The authors' release: it loads as it is (its connector, on the LLM and Whisper it names), no conversion step.
+DEFAULT_MODEL_ID = RELEASE_REPO_ID
 DEFAULT_PROMPT = "Describe the audio."
 DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+DESTA_MODEL_TYPES = ("desta", DestaReleaseConfig.model_type)
 DEBUG_ENV = "DESTA_AUDIO_DEBUG"
 
 logger = logging.getLogger("desta-audio")
@@ -85,25 +90,34 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser
     return chat
 
 
-def check_model_source(model: str) -> None:
-    """One clear line for a --model that is a missing folder, not a model folder, or not a DeSTA checkpoint."""
+def check_model(model: str) -> None:
+    """One clear line, before any weights load, for a --model that is a missing folder, not a saved model, not a
+    DeSTA checkpoint, or a repo that is missing, gated or unreachable (for the authors' release format, its LLM and
+    Whisper too: Llama 3.1 needs its licence accepted). Only config files are fetched."""
     path = Path(model).expanduser()
-    if not path.exists() and HUB_ID.fullmatch(model):
-        return
+    if path.exists() or not HUB_ID.fullmatch(model):
+        check_model_folder(model, path)
+    config = fetch_component(AutoConfig.from_pretrained, model, "model", "--model")
+    if config.model_type not in DESTA_MODEL_TYPES:
+        raise ValueError(
+            f"--model {model}: this is a {config.model_type!r} model, not a DeSTA checkpoint (model_type 'desta', or "
+            "'desta25' for the authors' release); build one with train_sft.py or `desta-audio convert`"
+        )
+    if isinstance(config, DestaReleaseConfig):
+        fetch_component(AutoConfig.from_pretrained, config.llm_model_id, "LLM (llm_model_id)", model)
+        fetch_component(AutoConfig.from_pretrained, config.encoder_model_id, "Whisper (encoder_model_id)", model)
+
+
+def check_model_folder(model: str, path: Path) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"--model {model}: no such model folder")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"--model {model}: the folder has no config.json, so it is not a saved model")
     try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, AttributeError) as error:
         raise ValueError(f"--model {model}: config.json is not a valid JSON object ({error})") from None
-    if model_type != "desta":
-        raise ValueError(
-            f"--model {model}: this is a {model_type!r} model, not a DeSTA checkpoint (model_type 'desta'); "
-            "build one with train_sft.py or `desta-audio convert`"
-        )
 
 
 def check_audio_inputs(paths: list[str]) -> None:
@@ -135,7 +149,7 @@ def generation_kwargs(args) -> dict:
 
 def run_chat(args) -> int:
     check_audio_inputs(args.audio)
-    check_model_source(args.model)
+    check_model(args.model)
     conversation = build_conversation(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     kwargs = generation_kwargs(args)
@@ -252,7 +266,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
-    check_model_source(args.model)
+    check_model(args.model)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
         report = ev.knowledge_retention(

@@ -10,8 +10,6 @@ The connector's parameter names follow the reference checkpoint's BERT layout, s
 prefix rename: `perception.connector.` -> `model.connector.`.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +26,9 @@ from transformers import initialization as init
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 
-from .configuration_desta import DestaConfig
+from .configuration_desta import DestaConfig, DestaReleaseConfig
 from .connector_desta import DestaConnector
+from .loading_desta import DestaAssemblyMixin
 
 
 class DestaPreTrainedModel(PreTrainedModel):
@@ -212,7 +211,7 @@ def _is_prefill(past_key_values) -> bool:
     return past_key_values is None or past_key_values.get_seq_length() == 0
 
 
-class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
+class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, GenerationMixin):
     """DeSTA2.5-Audio with a language-modelling head: audio + text in, text out."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
@@ -337,69 +336,21 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         logits = whisper(encoder_outputs=(encoder_last_hidden_state,), decoder_input_ids=start, use_cache=False).logits
         return logits[:, 0].float().softmax(dim=-1)[:, no_speech_token]
 
-    @classmethod
-    def from_components(
-        cls,
-        llm: str | os.PathLike | PreTrainedModel,
-        whisper: str | os.PathLike | PreTrainedModel,
-        processor=None,
-        audio_token_id: int | None = None,
-        vocab_size: int | None = None,
-        dtype: torch.dtype | str | None = None,
-        **config_overrides,
-    ) -> "DestaForConditionalGeneration":
-        """A fresh DeSTA model from a pretrained causal LM and a pretrained Whisper (ids, folders or models).
-
-        The LLM and Whisper weights are copied as they are; the connector is freshly initialised. Pass the
-        `processor` made by `DestaProcessor.from_components(llm, whisper)`: its audio token id, tokenizer length
-        and `num_audio_queries` are taken from it (or give `audio_token_id` / `vocab_size` yourself).
-        Embeddings are resized only if the tokenizer outgrew them.
-        """
-        if processor is not None:
-            audio_token_id = processor.audio_token_id if audio_token_id is None else audio_token_id
-            vocab_size = len(processor.tokenizer) if vocab_size is None else vocab_size
-            config_overrides.setdefault("num_audio_queries", processor.num_audio_queries)
-        llm_model = llm if isinstance(llm, PreTrainedModel) else AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-        whisper_model = (
-            whisper
-            if isinstance(whisper, PreTrainedModel)
-            else WhisperForConditionalGeneration.from_pretrained(whisper, dtype=dtype)
-        )
-        if vocab_size is not None and vocab_size > llm_model.get_input_embeddings().weight.shape[0]:
-            llm_model.resize_token_embeddings(vocab_size, mean_resizing=True)
-        config = DestaConfig(
-            audio_config=whisper_model.config.to_dict(),
-            text_config=llm_model.config.to_dict(),
-            audio_token_id=audio_token_id,
-            asr_generation_config=_generation_config_dict(whisper_model.generation_config),
-            **config_overrides,
-        )
-        model = cls(config).to(llm_model.dtype)
-        model.model.audio_tower.load_state_dict(whisper_model.state_dict())
-        model.model.language_model.load_state_dict(llm_model.get_decoder().state_dict())
-        model.lm_head.load_state_dict(llm_model.get_output_embeddings().state_dict())
-        model.generation_config = llm_model.generation_config
-        model.tie_weights()
-        return model
-
-
-def _generation_config_dict(generation_config: GenerationConfig) -> dict:
-    config = generation_config.to_diff_dict()
-    config.pop("transformers_version", None)
-    return config
-
 
 def _register_auto_classes() -> None:
     """Registration for `pip install` users; `auto_map` in the config covers remote-code users."""
-    try:
-        AutoConfig.register("desta", DestaConfig)
-        AutoModel.register(DestaConfig, DestaForConditionalGeneration)
-        AutoModelForCausalLM.register(DestaConfig, DestaForConditionalGeneration)
-    except ValueError:
-        return  # already registered (module imported twice under different names)
     from transformers import AutoModelForMultimodalLM
 
-    AutoModelForMultimodalLM.register(DestaConfig, DestaForConditionalGeneration)
+    try:
+        AutoConfig.register("desta", DestaConfig)
+        AutoConfig.register(DestaReleaseConfig.model_type, DestaReleaseConfig)
+    except ValueError:
+        return  # already registered (module imported twice under different names)
+    for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForMultimodalLM):
+        auto_class.register(DestaConfig, DestaForConditionalGeneration)
+        # A release-format config loads into the same class (`from_pretrained` fetches its components); the
+        # mapping is registered directly because `register` insists the model's own config_class is the key.
+        auto_class._model_mapping.register(DestaReleaseConfig, DestaForConditionalGeneration, exist_ok=True)
 
 
 DestaConfig.register_for_auto_class()

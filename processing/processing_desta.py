@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
 from .audio_sources import AudioSourcePolicy
@@ -19,11 +19,23 @@ from .audio_sources import AudioSourcePolicy
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
 from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
 
-# The reference's placeholder for Llama-3 tokenizers: an existing reserved token, so no embedding grows.
-LLAMA3_AUDIO_TOKEN = "<|reserved_special_token_87|>"
-# The reference's data format marks audio in string content with this locator (DeSTA-AQA5M `messages`).
-REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
-DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
+# The release format and the audio-token rule, shared with the model half (the same file; see its docstring).
+from .release_desta import (
+    DEFAULT_AUDIO_TOKEN,
+    HUB_KWARGS,
+    REFERENCE_AUDIO_LOCATOR,
+    RELEASE_AUDIO_END_TEXT,
+    RELEASE_AUDIO_START_TEXT,
+    RELEASE_EMPTY_TRANSCRIPT,
+    RELEASE_MODEL_TYPE,
+    check_release_config,
+    fetch_component,
+    hub_kwargs,
+    is_release_config,
+    pick_audio_token,
+    read_config_dict,
+)
+
 CONTENT_JOINER = "\n\n"
 ASR_TOKENIZER_FOLDER = "asr_tokenizer"
 # Private-use characters fencing special-token strings found in message text, so that they are tokenised as
@@ -102,25 +114,76 @@ class DestaProcessor(ProcessorMixin):
     ) -> "DestaProcessor":
         """The processor for a model built by `DestaForConditionalGeneration.from_components(llm, whisper)`.
 
-        The audio token is the reference's `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3),
-        else `<|AUDIO|>`, added as a special token only if missing. Pass `len(processor.tokenizer)` as the
-        model's `vocab_size` so embeddings grow only when a token was really added.
+        The audio token follows the rule the model uses too (`pick_audio_token`): the reference's
+        `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3), else `<|AUDIO|>`, added as a special
+        token only if missing. `token`, `cache_dir`, `local_files_only`, `force_download` and `proxies` are used
+        to fetch both; other keyword arguments go to the processor.
         """
-        tokenizer = AutoTokenizer.from_pretrained(llm)
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
+        fetch = hub_kwargs(kwargs)
+        kwargs = {key: value for key, value in kwargs.items() if key not in HUB_KWARGS}
+        tokenizer = AutoTokenizer.from_pretrained(llm, **fetch)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper, **fetch)
+        return cls._from_parts(tokenizer, feature_extractor, whisper, audio_token, fetch, **kwargs)
+
+    @classmethod
+    def _from_parts(cls, tokenizer, feature_extractor, whisper, audio_token, fetch: dict, **kwargs) -> "DestaProcessor":
         if audio_token is None:
-            audio_token = LLAMA3_AUDIO_TOKEN if LLAMA3_AUDIO_TOKEN in tokenizer.get_vocab() else DEFAULT_AUDIO_TOKEN
+            audio_token = pick_audio_token(tokenizer.get_vocab())
         if audio_token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         processor = cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
-        processor.asr_tokenizer = _load_optional_tokenizer(whisper)
+        processor.asr_tokenizer = _load_optional_tokenizer(whisper, **fetch)
         return processor
 
     @classmethod
+    def from_release(
+        cls, path_or_repo: str | os.PathLike, release: dict | None = None, revision: str | None = None, **kwargs
+    ) -> "DestaProcessor":
+        """The processor of a checkpoint in the authors' release format, in the reference's prompt format.
+
+        Its `placeholder_token` (which must already be in the LLM's tokenizer), `prompt_size` queries, the
+        `<start_audio>`/`<end_audio>` markers, the release's system prompt and `" "` for clips without speech.
+        The tokenizer and feature extractor are fetched from `llm_model_id` and `encoder_model_id`.
+        """
+        fetch = hub_kwargs(kwargs)
+        source = str(path_or_repo)
+        release = check_release_config(release or read_config_dict(path_or_repo, revision, **fetch) or {}, source)
+        llm_id, whisper_id = str(release["llm_model_id"]), str(release["encoder_model_id"])
+        tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
+        placeholder = release["placeholder_token"]
+        if placeholder not in tokenizer.get_vocab():
+            raise ValueError(
+                f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
+                "existing token, so this checkpoint does not belong to that LLM."
+            )
+        feature_extractor = fetch_component(
+            WhisperFeatureExtractor.from_pretrained, whisper_id, "Whisper (encoder_model_id)", source, **fetch
+        )
+        return cls._from_parts(
+            tokenizer,
+            feature_extractor,
+            whisper_id,
+            placeholder,
+            fetch,
+            num_audio_queries=int(release["prompt_size"]),
+            audio_start_text=RELEASE_AUDIO_START_TEXT,
+            audio_end_text=RELEASE_AUDIO_END_TEXT,
+            default_system_prompt=DEFAULT_SYSTEM_PROMPT,
+            # The reference's data and inference put " " where a clip has no speech: one real token.
+            empty_transcript=RELEASE_EMPTY_TRANSCRIPT,
+        )
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DestaProcessor":
-        """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one."""
+        """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one; a folder or repo
+        in the authors' release format (`model_type` `desta25`) is built from the components it names."""
+        release = None
+        if not kwargs.get("subfolder"):
+            release = read_config_dict(pretrained_model_name_or_path, kwargs.get("revision"), **hub_kwargs(kwargs))
+        if is_release_config(release):
+            return cls.from_release(pretrained_model_name_or_path, release, **kwargs)
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         processor.asr_tokenizer = _load_optional_tokenizer(
             pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs
@@ -477,5 +540,10 @@ def _is_single_conversation(conversation) -> bool:
 
 
 DestaProcessor.register_for_auto_class()
+# `AutoProcessor` finds the class by the name a release-format config gives (`processor_class`) among registered
+# processors; the model half owns the config classes, so the processor registers under their model types (pip
+# users of this package then get the installed class without trust_remote_code).
+AutoProcessor.register("desta", DestaProcessor, exist_ok=True)
+AutoProcessor.register(RELEASE_MODEL_TYPE, DestaProcessor, exist_ok=True)
 
 __all__ = ["AUDIO_SOURCE_KEYS", "DestaProcessor", "DEFAULT_SYSTEM_PROMPT", "audio_source"]
