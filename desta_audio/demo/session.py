@@ -6,7 +6,6 @@ Nothing here imports Gradio, so the handlers are tested directly and the library
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from huggingface_hub import hf_hub_download
 from transformers import TextIteratorStreamer
 
+from modeling_desta.release_desta import RELEASE_REPO_ID
 from processing import DEFAULT_SYSTEM_PROMPT
 from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError
 from processing.audio_sources import AudioSourcePolicy
 
 from ..common import load_pipeline
-from ..hub.convert import RELEASE_REPO_ID, convert
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +34,6 @@ MODEL_ENV_VAR = "DESTA_AUDIO_MODEL"  # a Space has no command line: its settings
 DEFAULT_MAX_UPLOAD_MB = 50
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_TOP_P = 0.9
-# Config fields only the authors' release format has: such a checkpoint is converted once before loading.
-RELEASE_FORMAT_FIELDS = ("llm_model_id", "encoder_model_id")
 
 NO_AUDIO = "Add an audio clip first: upload a file or record one with the microphone."
 EMPTY_QUESTION = "Type a question about the audio."
@@ -49,25 +45,11 @@ class DemoInputError(ValueError):
 
 
 # ----------------------------------------------------------------------------- the model, loaded in the background
-def is_release_format(model: str | os.PathLike) -> bool:
-    """Whether `model` (folder or Hub id) is in the authors' connector-only release format."""
-    path = Path(model)
-    config_path = path / "config.json" if path.is_dir() else Path(hf_hub_download(str(model), "config.json"))
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    return all(config.get(name) for name in RELEASE_FORMAT_FIELDS)
-
-
-def converted_folder(model: str | os.PathLike) -> Path:
-    """Where a converted copy of a release-format checkpoint is kept (`DESTA_AUDIO_CACHE` overrides the root)."""
-    root = Path(os.environ.get("DESTA_AUDIO_CACHE") or Path.home() / ".cache" / "desta-audio")
-    return root / "converted" / str(model).strip("/").replace("/", "--")
-
-
 class ModelLoader:
     """Loads the pipeline on a thread so the page can be served, and show progress, while the weights load.
 
-    `model` is a Hub id, a folder, or a ready pipeline (tests). A checkpoint in the release format is first
-    converted into a self-contained folder (once; later starts reuse it).
+    `model` is a Hub id, a folder (ours, or the authors' release format, which loads as it is), or a ready
+    pipeline (tests).
     """
 
     def __init__(self, model, device: str = "auto", dtype: str = "auto"):
@@ -83,14 +65,8 @@ class ModelLoader:
 
     def _load(self) -> None:
         try:
-            source = self.model
-            if isinstance(source, (str, os.PathLike)) and is_release_format(source):
-                source = converted_folder(self.model)
-                if not (source / "config.json").is_file():
-                    self.phase = "converting the authors' release (fetching its LLM and Whisper; first start only)"
-                    convert(self.model, source)
-            self.phase = "loading weights"
-            self.pipe = load_pipeline(source, device=self.device, dtype=self.dtype)
+            self.phase = "loading weights (the authors' release fetches its LLM and Whisper first)"
+            self.pipe = load_pipeline(self.model, device=self.device, dtype=self.dtype)
             self.phase = "ready"
         except Exception as error:  # shown in the page; the server keeps running
             logger.exception("Loading %s failed", self.model)
