@@ -11,6 +11,7 @@ import os
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
 
@@ -24,6 +25,18 @@ REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
 DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
 CONTENT_JOINER = "\n\n"
 ASR_TOKENIZER_FOLDER = "asr_tokenizer"
+# Text kwargs applied to the expanded ids; the rest of `TextKwargs` (offsets, overflow, pairs ...) has no meaning
+# once audio placeholders are spliced in, and raises rather than being dropped.
+SUPPORTED_TEXT_KWARGS = {
+    "add_special_tokens",
+    "padding",
+    "padding_side",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "return_attention_mask",
+    "return_tensors",
+}
 
 
 class DestaProcessor(ProcessorMixin):
@@ -44,7 +57,15 @@ class DestaProcessor(ProcessorMixin):
             converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
         empty_transcript (`str`, defaults to `""`): text standing in for a missing or blank transcript. The
             release trained with `" "` (one token) for clips without speech; converted checkpoints set that.
+
+    Call kwargs are routed through `ProcessingKwargs` (flat, or nested in `text_kwargs` / `audio_kwargs`; a kwarg
+    given both ways raises). Text defaults: left padding to the longest row, special tokens added, PyTorch tensors.
+    `padding`, `truncation`, `max_length` and `pad_to_multiple_of` act on the ids *after* audio expansion;
+    truncation that would cut into an audio span raises instead of dropping audio. Audio is always one padded
+    30 s window per row; `audio_kwargs["sampling_rate"]` is the rate of bare arrays (16 kHz by default).
     """
+
+    text_kwargs = {"padding": True, "padding_side": "left", "add_special_tokens": True, "return_tensors": "pt"}
 
     def __init__(
         self,
@@ -183,11 +204,7 @@ class DestaProcessor(ProcessorMixin):
         text: str | list[str] | None = None,
         audio=None,
         transcripts: list[str | None] | None = None,
-        padding: bool | str = True,
-        padding_side: str = "left",
-        add_special_tokens: bool = True,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
         """Tokenize `text` whose audio positions are marked by `audio_token` (one per clip, in order).
 
@@ -196,14 +213,15 @@ class DestaProcessor(ProcessorMixin):
         """
         if text is None:
             raise ValueError("DestaProcessor needs `text`; audio goes where `audio_token` appears in it.")
+        output_kwargs = self._merge_kwargs(**kwargs)
         texts = [text] if isinstance(text, str) else list(text)
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
         self._check_audio_count(texts, audios, transcripts)
-        features, window_counts = self.extract_features([self.load_audio(a) for a in audios]) if audios else (None, [])
-        encoded = self.encode_text(
-            texts, window_counts, transcripts, padding, padding_side, add_special_tokens, return_tensors, **kwargs
-        )
+        sampling_rate = output_kwargs["audio_kwargs"].get("sampling_rate")
+        waveforms = [self.load_audio(_with_sampling_rate(a, sampling_rate)) for a in audios]
+        features, window_counts = self.extract_features(waveforms) if audios else (None, [])
+        encoded = self._encode(texts, window_counts, transcripts, output_kwargs["text_kwargs"])
         if features is not None:
             encoded["input_features"] = features
         return encoded
@@ -213,24 +231,59 @@ class DestaProcessor(ProcessorMixin):
         texts: list[str],
         window_counts: list[int],
         transcripts: list[str | None],
-        padding: bool | str = True,
-        padding_side: str = "left",
-        add_special_tokens: bool = False,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
-        """Token ids for `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i."""
+        """Token ids for rendered `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i.
+
+        Text kwargs as for `__call__`, except that special tokens are not added by default (rendered chats have
+        them already).
+        """
+        kwargs.setdefault("add_special_tokens", False)
+        return self._encode(texts, window_counts, transcripts, self._merge_kwargs(**kwargs)["text_kwargs"])
+
+    def _encode(
+        self, texts: list[str], window_counts: list[int], transcripts: list[str | None], text_kwargs: dict
+    ) -> BatchFeature:
+        options = dict(text_kwargs)
+        unsupported = sorted(k for k, v in options.items() if k not in SUPPORTED_TEXT_KWARGS and v not in (None, False))
+        if unsupported:
+            raise ValueError(f"DestaProcessor does not support the text kwargs {unsupported}.")
+        return_tensors = options.get("return_tensors")
         marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
         encoded = self.tokenizer(
-            [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
+            [t.replace(self.audio_token, marker) for t in texts],
+            add_special_tokens=options.get("add_special_tokens", True),
         )
         input_ids = self._expand_batch(encoded["input_ids"], window_counts, transcripts)
+        input_ids = [self._truncate(ids, options.get("truncation"), options.get("max_length")) for ids in input_ids]
+        padding = options.get("padding", True)
         padded = self.tokenizer.pad(
-            {"input_ids": input_ids}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
+            {"input_ids": input_ids},
+            padding=padding,
+            max_length=options.get("max_length")
+            if str(padding) in ("max_length", "PaddingStrategy.MAX_LENGTH")
+            else None,
+            pad_to_multiple_of=options.get("pad_to_multiple_of"),
+            padding_side=options.get("padding_side"),
+            return_attention_mask=options.get("return_attention_mask"),
         )
-        return BatchFeature(
-            {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}, tensor_type=return_tensors
-        )
+        return BatchFeature(dict(padded), tensor_type=return_tensors)
+
+    def _truncate(self, ids: list[int], truncation, max_length: int | None) -> list[int]:
+        """Cut `ids` to `max_length` on the tokenizer's truncation side; never through an audio span."""
+        if truncation in (None, False, "do_not_truncate"):
+            return ids
+        max_length = self.tokenizer.model_max_length if max_length is None else max_length
+        if len(ids) <= max_length:
+            return ids
+        keep_left = self.tokenizer.truncation_side != "left"
+        kept, dropped = (ids[:max_length], ids[max_length:]) if keep_left else (ids[-max_length:], ids[:-max_length])
+        if self.audio_token_id in dropped:
+            raise ValueError(
+                f"Truncating a sequence of {len(ids)} tokens to max_length={max_length} would cut into its audio "
+                f"placeholders ({ids.count(self.audio_token_id)} of them); raise max_length or shorten the text."
+            )
+        return kept
 
     def _expand_batch(self, batch_ids, window_counts, transcripts) -> list[list[int]]:
         expanded, offset = [], 0
@@ -255,12 +308,19 @@ class DestaProcessor(ProcessorMixin):
             raise ValueError(f"Got {len(transcripts)} transcripts for {len(audios)} audio clips.")
 
     # ------------------------------------------------------------------ chat
-    def render_conversation(self, conversation: list[dict], add_generation_prompt: bool = True, **template_kwargs):
+    def render_conversation(
+        self,
+        conversation: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        **template_kwargs,
+    ):
         """(prompt text with one `audio_token` per audio, the audio items in order).
 
         Content is either a list of `{"type": "text"|"audio", ...}` items (joined with a blank line), or the
         reference / DeSTA-AQA5M format: a string with `<|AUDIO|>` locators plus an `audios` list of
-        `{"audio": path, "text": transcript}`, kept verbatim.
+        `{"audio": path, "text": transcript}`, kept verbatim. `chat_template` is a template or a template's name
+        (default: the processor's); other kwargs (`tools`, `continue_final_message` ...) go to the template.
         """
         messages, audio_items = [], []
         for message in conversation:
@@ -276,7 +336,7 @@ class DestaProcessor(ProcessorMixin):
             messages.insert(0, {"role": "system", "content": self.default_system_prompt})
         text = self.tokenizer.apply_chat_template(
             messages,
-            chat_template=self.chat_template,
+            chat_template=self._resolve_chat_template(chat_template),
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             **template_kwargs,
@@ -311,38 +371,76 @@ class DestaProcessor(ProcessorMixin):
     def apply_chat_template(
         self,
         conversation: list[dict] | list[list[dict]],
-        add_generation_prompt: bool = True,
-        tokenize: bool = True,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
-        padding_side: str = "left",
-        return_dict: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict] | None = None,
+        documents: list[dict[str, str]] | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool | str = False,
+        return_assistant_tokens_mask: bool = False,
+        tokenize: bool = False,
+        return_tensors: str | None = "auto",
+        return_dict: bool = False,
+        load_audio_from_video: bool = False,
         processor_kwargs: dict | None = None,
-        **template_kwargs,
+        sanitize_control_tokens: bool = False,
+        **kwargs,
     ):
-        """Render one conversation or a batch of them and, with `tokenize=True`, encode text and audio.
+        """`ProcessorMixin.apply_chat_template`, same signature and defaults, for chats with audio.
 
-        Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`.
-        Extra keyword arguments (e.g. `continue_final_message`) go to the chat template. The result is always
-        a dict-like `BatchFeature`; `return_dict` exists for the `any-to-any` pipeline's calling convention.
+        The usual call: `processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+        return_dict=True)` gives `input_ids`, `attention_mask` and `input_features` for one chat or a list of them
+        (left-padded). Chats are lists of dicts or of message objects (dataclasses, pydantic models). Audio items
+        are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`. `processor_kwargs`
+        go to `__call__` (`padding`, `max_length` ...); other kwargs are template variables.
         """
-        single = _is_single_conversation(conversation)
-        conversations = [conversation] if single else list(conversation)
-        rendered = [self.render_conversation(c, add_generation_prompt, **template_kwargs) for c in conversations]
+        unsupported = {
+            "return_assistant_tokens_mask": return_assistant_tokens_mask,
+            "load_audio_from_video": load_audio_from_video,
+            "sanitize_control_tokens": sanitize_control_tokens,
+        }
+        if any(unsupported.values()):
+            raise ValueError(
+                f"DestaProcessor.apply_chat_template does not support {[k for k, v in unsupported.items() if v]}."
+            )
+        chat_template = self._resolve_chat_template(chat_template)
+        processor_kwargs = self._prepare_processor_kwargs(
+            chat_template,
+            dict(processor_kwargs or {}),
+            kwargs,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            return_assistant_tokens_mask=False,
+        )
+        template_kwargs = {key: value for key, value in kwargs.items() if key not in processor_kwargs}
+        conversations, is_batched = self._normalize_conversations(conversation)
+        rendered = [
+            self.render_conversation(
+                c,
+                add_generation_prompt,
+                chat_template=chat_template,
+                tools=tools,
+                documents=documents,
+                continue_final_message=continue_final_message,
+                **template_kwargs,
+            )
+            for c in conversations
+        ]
         texts = [text for text, _ in rendered]
         if not tokenize:
-            return texts[0] if single else texts
+            return texts if is_batched else texts[0]
+        bos = self.tokenizer.bos_token
+        if bos is not None and texts[0].startswith(bos):
+            processor_kwargs.setdefault("add_special_tokens", False)  # the template wrote it, as in the mixin
+        if return_tensors != "auto":
+            processor_kwargs["return_tensors"] = return_tensors
         items = [item for _, row_items in rendered for item in row_items]
-        return self(
+        encoded = self(
             text=texts,
             audio=[audio_source(item) for item in items],
             transcripts=[item.get("transcript") for item in items],
-            padding=padding,
-            padding_side=padding_side,
-            add_special_tokens=False,
-            return_tensors=return_tensors,
-            **(processor_kwargs or {}),
+            **processor_kwargs,
         )
+        return encoded if return_dict else encoded["input_ids"]
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -360,8 +458,11 @@ def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
         return None
 
 
-def _is_single_conversation(conversation) -> bool:
-    return bool(conversation) and isinstance(conversation[0], dict)
+def _with_sampling_rate(audio, sampling_rate: int | None):
+    """A bare array at `sampling_rate` as the `{"array", "sampling_rate"}` dict `load_audio` resamples from."""
+    if sampling_rate is not None and (isinstance(audio, np.ndarray) or isinstance(audio, torch.Tensor)):
+        return {"array": audio, "sampling_rate": sampling_rate}
+    return audio
 
 
 DestaProcessor.register_for_auto_class()
