@@ -260,9 +260,7 @@ class DestaProcessor(ProcessorMixin):
         padded = self.tokenizer.pad(
             {"input_ids": input_ids},
             padding=padding,
-            max_length=options.get("max_length")
-            if str(padding) in ("max_length", "PaddingStrategy.MAX_LENGTH")
-            else None,
+            max_length=options.get("max_length") if padding == "max_length" else None,
             pad_to_multiple_of=options.get("pad_to_multiple_of"),
             padding_side=options.get("padding_side"),
             return_attention_mask=options.get("return_attention_mask"),
