@@ -8,8 +8,9 @@ import warnings
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, CompileConfig, LogitsProcessor, LogitsProcessorList
+from transformers import AttentionInterface, AutoModelForCausalLM, CompileConfig, LogitsProcessor, LogitsProcessorList
 from transformers.distributed.tensor_parallel import ColwiseParallel, EmbeddingParallel, RowwiseParallel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.integrations.tensor_parallel import ALL_PARALLEL_STYLES
 
 from modeling_desta import DestaForConditionalGeneration
@@ -251,6 +252,25 @@ def test_qformer_attention_is_unchanged_and_not_causal(tiny_parts, implementatio
         changed[:, -1] += 1.0
         # The first query's output moves when the last query changes: the self-attention looks forward.
         assert (attention(queries, queries)[:, 0] - attention(changed, changed)[:, 0]).abs().max() > 1e-4
+
+
+def test_qformer_kernel_comes_from_the_attention_interface(tiny_parts):
+    """`set_attn_implementation` reaches the Q-Former: a registered kernel is the one its attention calls."""
+    calls = []
+
+    def recording_sdpa(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return sdpa_attention_forward(module, *args, **kwargs)
+
+    AttentionInterface.register("desta_test_recording_sdpa", recording_sdpa)
+    model = copy.deepcopy(tiny_parts[0])
+    model.set_attn_implementation("desta_test_recording_sdpa")
+    connector = model.model.connector
+    taps = [torch.randn(1, 30, model.config.audio_config.d_model)] * len(connector.layer_prompts)
+    with torch.no_grad():
+        connector(taps)
+    # Every tap goes through the shared Q-Former in one batch: self- and cross-attention per layer.
+    assert calls == ["DestaQFormerAttention"] * 2 * len(connector.qformer.layer)
 
 
 def test_eager_and_sdpa_give_the_same_logits(tiny_parts, audio_dir):
