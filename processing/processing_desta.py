@@ -458,7 +458,7 @@ def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
 
 def _with_sampling_rate(audio, sampling_rate: int | None):
     """A bare array at `sampling_rate` as the `{"array", "sampling_rate"}` dict `load_audio` resamples from."""
-    if sampling_rate is not None and (isinstance(audio, np.ndarray) or isinstance(audio, torch.Tensor)):
+    if sampling_rate is not None and isinstance(audio, (np.ndarray, torch.Tensor)):
         return {"array": audio, "sampling_rate": sampling_rate}
     return audio
 
