@@ -105,7 +105,7 @@ def stage_times(model, processor, clips, new_tokens: int, repeats: int) -> dict:
         ),
         repeats,
     )
-    texts = [processor.render_conversation(c)[0] for c in conversations(clips)]
+    texts = [processor.render_conversation(c, add_generation_prompt=True)[0] for c in conversations(clips)]
     inputs = processor.encode_text(texts, windows, ["a short transcript of the clip"] * len(clips))
     generate = dict(audio_embeds=audio_embeds, do_sample=False, **inputs)
     stages["llm_prefill"], _ = timed(lambda: model.generate(**generate, max_new_tokens=1), repeats)

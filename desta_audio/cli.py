@@ -26,7 +26,7 @@ from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from . import evaluation as ev
-from .common import DTYPES, load_pipeline
+from .common import DTYPES, load_pipeline, resolve_device
 from .demo import add_demo_arguments, run_demo
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
@@ -149,6 +149,7 @@ def generation_kwargs(args) -> dict:
 
 def run_chat(args) -> int:
     check_audio_inputs(args.audio)
+    resolve_device(args.device)  # a device this machine lacks is named before anything is fetched
     check_model(args.model)
     conversation = build_conversation(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
@@ -266,6 +267,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
+    resolve_device(args.device)
     check_model(args.model)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)

@@ -146,7 +146,12 @@ class DestaConfig(PreTrainedConfig):
 
     @property
     def vocab_size(self) -> int:
+        """The language model's vocabulary size; setting it sets `text_config.vocab_size` (as resizing does)."""
         return self.text_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        self.text_config.vocab_size = value
 
     @property
     def hidden_size(self) -> int:

@@ -7,14 +7,16 @@ replaces the placeholders with connector outputs; everything else is ordinary te
 
 import math
 import os
-import re
 
 import numpy as np
 import torch
-from transformers import AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
+from transformers import AutoProcessor, BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
 from .audio_sources import AudioSourcePolicy
+from .chat_text import FENCED_SPAN, InertTextMixin, check_message, checked_messages
+from .loading_processor import ASR_TOKENIZER_FOLDER, ProcessorAssemblyMixin
 
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
 from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
@@ -22,30 +24,26 @@ from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline 
 # The release format and the audio-token rule, shared with the model half (the same file; see its docstring).
 from .release_desta import (
     DEFAULT_AUDIO_TOKEN,
-    HUB_KWARGS,
     REFERENCE_AUDIO_LOCATOR,
-    RELEASE_AUDIO_END_TEXT,
-    RELEASE_AUDIO_START_TEXT,
-    RELEASE_EMPTY_TRANSCRIPT,
     RELEASE_MODEL_TYPE,
-    check_release_config,
-    fetch_component,
-    hub_kwargs,
-    is_release_config,
-    pick_audio_token,
-    read_config_dict,
 )
 
 CONTENT_JOINER = "\n\n"
-ASR_TOKENIZER_FOLDER = "asr_tokenizer"
-# Private-use characters fencing special-token strings found in message text, so that they are tokenised as
-# plain text (never as the template's control tokens or the audio placeholder). Stripped from user text first.
-INERT_OPEN, INERT_CLOSE = "\ue000", "\ue001"
-FENCED_SPAN = re.compile(f"({INERT_OPEN}[^{INERT_CLOSE}]*{INERT_CLOSE})")
-ROLE_PATTERN = re.compile(r"[A-Za-z][\w-]{0,63}")
+# Text kwargs applied to the expanded ids; the rest of `TextKwargs` (offsets, overflow, pairs ...) has no meaning
+# once audio placeholders are spliced in, and raises rather than being dropped.
+SUPPORTED_TEXT_KWARGS = {
+    "add_special_tokens",
+    "padding",
+    "padding_side",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "return_attention_mask",
+    "return_tensors",
+}
 
 
-class DestaProcessor(ProcessorMixin):
+class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
     r"""
     Wraps a Whisper feature extractor and the LLM tokenizer.
 
@@ -67,7 +65,15 @@ class DestaProcessor(ProcessorMixin):
             `False` is what a server sets: only arrays and bytes unless `audio_policy` opens paths or URLs.
         audio_policy (`dict`, *optional*): `AudioSourcePolicy` settings over the defaults of `trusted_input`
             (e.g. `{"allow_paths": True, "path_root": "/srv/audio"}`); saved in `processor_config.json`.
+
+    Call kwargs are routed through `ProcessingKwargs` (flat, or nested in `text_kwargs` / `audio_kwargs`; a kwarg
+    given both ways raises). Text defaults: left padding to the longest row, special tokens added, PyTorch tensors.
+    `padding`, `truncation`, `max_length` and `pad_to_multiple_of` act on the ids *after* audio expansion;
+    truncation that would cut into an audio span raises instead of dropping audio. Audio is always one padded
+    30 s window per row; `audio_kwargs["sampling_rate"]` is the rate of bare arrays (16 kHz by default).
     """
+
+    text_kwargs = {"padding": True, "padding_side": "left", "add_special_tokens": True, "return_tensors": "pt"}
 
     def __init__(
         self,
@@ -108,87 +114,6 @@ class DestaProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer does not know the audio token {audio_token!r}; add it as a special token.")
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_components(
-        cls, llm: str | os.PathLike, whisper: str | os.PathLike, audio_token: str | None = None, **kwargs
-    ) -> "DestaProcessor":
-        """The processor for a model built by `DestaForConditionalGeneration.from_components(llm, whisper)`.
-
-        The audio token follows the rule the model uses too (`pick_audio_token`): the reference's
-        `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3), else `<|AUDIO|>`, added as a special
-        token only if missing. `token`, `cache_dir`, `local_files_only`, `force_download` and `proxies` are used
-        to fetch both; other keyword arguments go to the processor.
-        """
-        fetch = hub_kwargs(kwargs)
-        kwargs = {key: value for key, value in kwargs.items() if key not in HUB_KWARGS}
-        tokenizer = AutoTokenizer.from_pretrained(llm, **fetch)
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper, **fetch)
-        return cls._from_parts(tokenizer, feature_extractor, whisper, audio_token, fetch, **kwargs)
-
-    @classmethod
-    def _from_parts(cls, tokenizer, feature_extractor, whisper, audio_token, fetch: dict, **kwargs) -> "DestaProcessor":
-        if audio_token is None:
-            audio_token = pick_audio_token(tokenizer.get_vocab())
-        if audio_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        processor = cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
-        processor.asr_tokenizer = _load_optional_tokenizer(whisper, **fetch)
-        return processor
-
-    @classmethod
-    def from_release(
-        cls, path_or_repo: str | os.PathLike, release: dict | None = None, revision: str | None = None, **kwargs
-    ) -> "DestaProcessor":
-        """The processor of a checkpoint in the authors' release format, in the reference's prompt format.
-
-        Its `placeholder_token` (which must already be in the LLM's tokenizer), `prompt_size` queries, the
-        `<start_audio>`/`<end_audio>` markers, the release's system prompt and `" "` for clips without speech.
-        The tokenizer and feature extractor are fetched from `llm_model_id` and `encoder_model_id`.
-        """
-        fetch = hub_kwargs(kwargs)
-        source = str(path_or_repo)
-        release = check_release_config(release or read_config_dict(path_or_repo, revision, **fetch) or {}, source)
-        llm_id, whisper_id = str(release["llm_model_id"]), str(release["encoder_model_id"])
-        tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
-        placeholder = release["placeholder_token"]
-        if placeholder not in tokenizer.get_vocab():
-            raise ValueError(
-                f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
-                "existing token, so this checkpoint does not belong to that LLM."
-            )
-        feature_extractor = fetch_component(
-            WhisperFeatureExtractor.from_pretrained, whisper_id, "Whisper (encoder_model_id)", source, **fetch
-        )
-        return cls._from_parts(
-            tokenizer,
-            feature_extractor,
-            whisper_id,
-            placeholder,
-            fetch,
-            num_audio_queries=int(release["prompt_size"]),
-            audio_start_text=RELEASE_AUDIO_START_TEXT,
-            audio_end_text=RELEASE_AUDIO_END_TEXT,
-            default_system_prompt=DEFAULT_SYSTEM_PROMPT,
-            # The reference's data and inference put " " where a clip has no speech: one real token.
-            empty_transcript=RELEASE_EMPTY_TRANSCRIPT,
-        )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DestaProcessor":
-        """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one; a folder or repo
-        in the authors' release format (`model_type` `desta25`) is built from the components it names."""
-        release = None
-        if not kwargs.get("subfolder"):
-            release = read_config_dict(pretrained_model_name_or_path, kwargs.get("revision"), **hub_kwargs(kwargs))
-        if is_release_config(release):
-            return cls.from_release(pretrained_model_name_or_path, release, **kwargs)
-        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        processor.asr_tokenizer = _load_optional_tokenizer(
-            pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs
-        )
-        return processor
 
     def save_pretrained(self, save_directory, **kwargs):
         saved = super().save_pretrained(save_directory, **kwargs)
@@ -283,11 +208,7 @@ class DestaProcessor(ProcessorMixin):
         text: str | list[str] | None = None,
         audio=None,
         transcripts: list[str | None] | None = None,
-        padding: bool | str = True,
-        padding_side: str = "left",
-        add_special_tokens: bool = True,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
         """Tokenize `text` whose audio positions are marked by `audio_token` (one per clip, in order).
 
@@ -297,16 +218,15 @@ class DestaProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("DestaProcessor needs `text`; audio goes where `audio_token` appears in it.")
         audio_policy = kwargs.pop("audio_policy", None)
+        output_kwargs = self._merge_kwargs(**kwargs)
         texts = [text] if isinstance(text, str) else list(text)
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
         self._check_audio_count(texts, audios, transcripts)
-        features, window_counts = (
-            self.extract_features([self.load_audio(a, audio_policy) for a in audios]) if audios else (None, [])
-        )
-        encoded = self.encode_text(
-            texts, window_counts, transcripts, padding, padding_side, add_special_tokens, return_tensors, **kwargs
-        )
+        sampling_rate = output_kwargs["audio_kwargs"].get("sampling_rate")
+        waveforms = [self.load_audio(_with_sampling_rate(a, sampling_rate), audio_policy) for a in audios]
+        features, window_counts = self.extract_features(waveforms) if audios else (None, [])
+        encoded = self._encode(texts, window_counts, transcripts, output_kwargs["text_kwargs"])
         if features is not None:
             encoded["input_features"] = features
         return encoded
@@ -316,22 +236,53 @@ class DestaProcessor(ProcessorMixin):
         texts: list[str],
         window_counts: list[int],
         transcripts: list[str | None],
-        padding: bool | str = True,
-        padding_side: str = "left",
-        add_special_tokens: bool = False,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
-        """Token ids for `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i."""
-        input_ids = self._expand_batch(
-            self.tokenize_prompts(texts, add_special_tokens, **kwargs), window_counts, transcripts
-        )
+        """Token ids for rendered `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i.
+
+        Text kwargs as for `__call__`, except that special tokens are not added by default (rendered chats have
+        them already).
+        """
+        kwargs.setdefault("add_special_tokens", False)
+        return self._encode(texts, window_counts, transcripts, self._merge_kwargs(**kwargs)["text_kwargs"])
+
+    def _encode(
+        self, texts: list[str], window_counts: list[int], transcripts: list[str | None], text_kwargs: dict
+    ) -> BatchFeature:
+        options = dict(text_kwargs)
+        unsupported = sorted(k for k, v in options.items() if k not in SUPPORTED_TEXT_KWARGS and v not in (None, False))
+        if unsupported:
+            raise ValueError(f"DestaProcessor does not support the text kwargs {unsupported}.")
+        return_tensors = options.get("return_tensors")
+        prompt_ids = self.tokenize_prompts(texts, options.get("add_special_tokens", True))
+        input_ids = self._expand_batch(prompt_ids, window_counts, transcripts)
+        input_ids = [self._truncate(ids, options.get("truncation"), options.get("max_length")) for ids in input_ids]
+        padding = options.get("padding", True)
         padded = self.tokenizer.pad(
-            {"input_ids": input_ids}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
+            {"input_ids": input_ids},
+            padding=padding,
+            max_length=options.get("max_length") if padding == "max_length" else None,
+            pad_to_multiple_of=options.get("pad_to_multiple_of"),
+            padding_side=options.get("padding_side"),
+            return_attention_mask=options.get("return_attention_mask"),
         )
-        return BatchFeature(
-            {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}, tensor_type=return_tensors
-        )
+        return BatchFeature(dict(padded), tensor_type=return_tensors)
+
+    def _truncate(self, ids: list[int], truncation, max_length: int | None) -> list[int]:
+        """Cut `ids` to `max_length` on the tokenizer's truncation side; never through an audio span."""
+        if truncation in (None, False, "do_not_truncate"):
+            return ids
+        max_length = self.tokenizer.model_max_length if max_length is None else max_length
+        if len(ids) <= max_length:
+            return ids
+        keep_left = self.tokenizer.truncation_side != "left"
+        kept, dropped = (ids[:max_length], ids[max_length:]) if keep_left else (ids[-max_length:], ids[:-max_length])
+        if self.audio_token_id in dropped:
+            raise ValueError(
+                f"Truncating a sequence of {len(ids)} tokens to max_length={max_length} would cut into its audio "
+                f"placeholders ({ids.count(self.audio_token_id)} of them); raise max_length or shorten the text."
+            )
+        return kept
 
     def _expand_batch(self, batch_ids, window_counts, transcripts) -> list[list[int]]:
         expanded, offset = [], 0
@@ -345,55 +296,6 @@ class DestaProcessor(ProcessorMixin):
             offset += count
         return expanded
 
-    # ------------------------------------------------------------------ inert special tokens in message text
-    def _special_token_pattern(self) -> re.Pattern | None:
-        """A regex matching every special token string of the tokenizer (the audio token included)."""
-        key = (id(self.tokenizer), len(self.tokenizer), self.audio_token)
-        if getattr(self, "_special_pattern_key", None) != key:
-            specials = {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
-            specials |= {self.audio_token, *self.tokenizer.all_special_tokens}
-            ordered = sorted((s for s in specials if s), key=len, reverse=True)
-            self._special_pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-            self._special_pattern_key = key
-        return self._special_pattern
-
-    def make_inert(self, text: str) -> str:
-        """Message text with each special-token string fenced, so it is tokenised as text (no forged turns, no
-        injected audio placeholders); `tokenize_prompts` honours the fences, `visible_text` removes them."""
-        text = text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
-        pattern = self._special_token_pattern()
-        return pattern.sub(lambda match: INERT_OPEN + match.group(0) + INERT_CLOSE, text) if pattern else text
-
-    @staticmethod
-    def visible_text(text: str) -> str:
-        """Rendered text without the inert fences (what a reader should see)."""
-        return text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
-
-    def tokenize_prompts(self, texts: list[str], add_special_tokens: bool = False, **kwargs) -> list[list[int]]:
-        """Token ids of rendered texts: audio tokens become `<start_audio>` + token + `<end_audio>`, fenced
-        special-token strings are tokenised as plain text. Unfenced text tokenises exactly as the tokenizer does."""
-        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
-        if not any(INERT_OPEN in text for text in texts):
-            encoded = self.tokenizer(
-                [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
-            )
-            return list(encoded["input_ids"])
-        return [self._tokenize_fenced(text, marker, add_special_tokens) for text in texts]
-
-    def _tokenize_fenced(self, text: str, marker: str, add_special_tokens: bool) -> list[int]:
-        ids, first = [], True
-        for part in FENCED_SPAN.split(text):
-            if not part:
-                continue
-            fenced = part.startswith(INERT_OPEN)
-            ids += self.tokenizer(
-                part[1:-1] if fenced else part.replace(self.audio_token, marker),
-                add_special_tokens=add_special_tokens and first,
-                split_special_tokens=fenced,
-            ).input_ids
-            first = False
-        return ids
-
     def _check_audio_count(self, texts: list[str], audios: list, transcripts: list) -> None:
         markers = sum(FENCED_SPAN.sub("", t).count(self.audio_token) for t in texts)
         if markers != len(audios):
@@ -405,17 +307,25 @@ class DestaProcessor(ProcessorMixin):
             raise ValueError(f"Got {len(transcripts)} transcripts for {len(audios)} audio clips.")
 
     # ------------------------------------------------------------------ chat
-    def render_conversation(self, conversation: list[dict], add_generation_prompt: bool = True, **template_kwargs):
+    def render_conversation(
+        self,
+        conversation: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        **template_kwargs,
+    ):
         """(prompt text with one `audio_token` per audio, the audio items in order).
 
         Content is either a list of `{"type": "text"|"audio", ...}` items (joined with a blank line), or the
         reference / DeSTA-AQA5M format: a string with `<|AUDIO|>` locators plus an `audios` list of
         `{"audio": path, "text": transcript}`, kept verbatim. Special-token strings typed in message text are
-        fenced as inert text (`make_inert`); keep the returned text for `encode_text` / `__call__`.
+        fenced as inert text (`make_inert`); keep the returned text for `encode_text` / `__call__`. `chat_template`
+        is a template or a template's name (default: the processor's); other kwargs (`tools`,
+        `continue_final_message` ...) go to the template.
         """
         messages, audio_items = [], []
         for index, message in enumerate(conversation):
-            _check_message(message, index)
+            check_message(message, index)
             if isinstance(message["content"], str):
                 text, items = self._render_reference_content(message["content"], message.get("audios") or [])
             else:
@@ -426,7 +336,7 @@ class DestaProcessor(ProcessorMixin):
             messages.insert(0, {"role": "system", "content": self.default_system_prompt})
         text = self.tokenizer.apply_chat_template(
             messages,
-            chat_template=self.chat_template,
+            chat_template=self._resolve_chat_template(chat_template),
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             **template_kwargs,
@@ -465,42 +375,80 @@ class DestaProcessor(ProcessorMixin):
     def apply_chat_template(
         self,
         conversation: list[dict] | list[list[dict]],
-        add_generation_prompt: bool = True,
-        tokenize: bool = True,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
-        padding_side: str = "left",
-        return_dict: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict] | None = None,
+        documents: list[dict[str, str]] | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool | str = False,
+        return_assistant_tokens_mask: bool = False,
+        tokenize: bool = False,
+        return_tensors: str | None = "auto",
+        return_dict: bool = False,
+        load_audio_from_video: bool = False,
         processor_kwargs: dict | None = None,
-        **template_kwargs,
+        sanitize_control_tokens: bool = False,
+        **kwargs,
     ):
-        """Render one conversation or a batch of them and, with `tokenize=True`, encode text and audio.
+        """`ProcessorMixin.apply_chat_template`, same signature and defaults, for chats with audio.
 
-        Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`, read
-        within the processor's audio source policy (`audio_policy=` overrides it for this call).
-        Extra keyword arguments (e.g. `continue_final_message`) go to the chat template. The result is always
-        a dict-like `BatchFeature`; `return_dict` exists for the `any-to-any` pipeline's calling convention.
+        The usual call: `processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+        return_dict=True)` gives `input_ids`, `attention_mask` and `input_features` for one chat or a list of them
+        (left-padded). Chats are lists of dicts or of message objects (dataclasses, pydantic models). Audio items
+        are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`, read within the
+        processor's audio source policy (`audio_policy=` overrides it for this call). `processor_kwargs` go to
+        `__call__` (`padding`, `max_length` ...); other kwargs are template variables.
         """
-        audio_policy = template_kwargs.pop("audio_policy", None)
-        single = _is_single_conversation(conversation)
-        conversations = [conversation] if single else list(conversation)
-        rendered = [self.render_conversation(c, add_generation_prompt, **template_kwargs) for c in conversations]
+        audio_policy = kwargs.pop("audio_policy", None)
+        unsupported = {
+            "return_assistant_tokens_mask": return_assistant_tokens_mask,
+            "load_audio_from_video": load_audio_from_video,
+            "sanitize_control_tokens": sanitize_control_tokens,
+        }
+        if any(unsupported.values()):
+            raise ValueError(
+                f"DestaProcessor.apply_chat_template does not support {[k for k, v in unsupported.items() if v]}."
+            )
+        chat_template = self._resolve_chat_template(chat_template)
+        processor_kwargs = self._prepare_processor_kwargs(
+            chat_template,
+            dict(processor_kwargs or {}),
+            kwargs,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            return_assistant_tokens_mask=False,
+        )
+        template_kwargs = {key: value for key, value in kwargs.items() if key not in processor_kwargs}
+        conversations, is_batched = self._normalize_conversations(checked_messages(conversation))
+        rendered = [
+            self.render_conversation(
+                c,
+                add_generation_prompt,
+                chat_template=chat_template,
+                tools=tools,
+                documents=documents,
+                continue_final_message=continue_final_message,
+                **template_kwargs,
+            )
+            for c in conversations
+        ]
         texts = [text for text, _ in rendered]
         if not tokenize:
             texts = [self.visible_text(text) for text in texts]
-            return texts[0] if single else texts
+            return texts if is_batched else texts[0]
+        bos = self.tokenizer.bos_token
+        if bos is not None and texts[0].startswith(bos):
+            processor_kwargs.setdefault("add_special_tokens", False)  # the template wrote it, as in the mixin
+        if return_tensors != "auto":
+            processor_kwargs["return_tensors"] = return_tensors
         items = [item for _, row_items in rendered for item in row_items]
-        return self(
+        encoded = self(
             text=texts,
             audio=[audio_source(item) for item in items],
             transcripts=[item.get("transcript") for item in items],
-            padding=padding,
-            padding_side=padding_side,
-            add_special_tokens=False,
-            return_tensors=return_tensors,
+            **processor_kwargs,
             **({"audio_policy": audio_policy} if audio_policy is not None else {}),
-            **(processor_kwargs or {}),
         )
+        return encoded if return_dict else encoded["input_ids"]
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -509,34 +457,11 @@ class DestaProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
-def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
-    """Whisper's tokenizer from `path` (or its `subfolder`), or None where there is none."""
-    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
-    try:
-        return AutoTokenizer.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _check_message(message, index: int) -> None:
-    """One clear line for a malformed message: its index and what is wrong."""
-    if not isinstance(message, dict):
-        raise ValueError(f"Message {index} must be a dict with 'role' and 'content'; got {type(message).__name__}.")
-    missing = [key for key in ("role", "content") if key not in message]
-    if missing:
-        raise ValueError(f"Message {index} has no {' or '.join(map(repr, missing))}; got keys {sorted(message)}.")
-    role, content = message["role"], message["content"]
-    if not isinstance(role, str) or not ROLE_PATTERN.fullmatch(role):
-        raise ValueError(f"Message {index} has an invalid role {role!r}; use a plain name such as 'user'.")
-    if not isinstance(content, (str, list, tuple)):
-        raise ValueError(
-            f"Message {index} ({role}) has content {content!r}; give a string or a list of "
-            "{'type': 'text'|'audio', ...} items."
-        )
-
-
-def _is_single_conversation(conversation) -> bool:
-    return bool(conversation) and isinstance(conversation[0], dict)
+def _with_sampling_rate(audio, sampling_rate: int | None):
+    """A bare array at `sampling_rate` as the `{"array", "sampling_rate"}` dict `load_audio` resamples from."""
+    if sampling_rate is not None and isinstance(audio, (np.ndarray, torch.Tensor)):
+        return {"array": audio, "sampling_rate": sampling_rate}
+    return audio
 
 
 DestaProcessor.register_for_auto_class()

@@ -78,7 +78,9 @@ def test_release_loads_with_the_converted_logits(load, release_dir, converted, a
     model = load(release_dir)
     assert isinstance(model, DestaForConditionalGeneration) and not model.training
     assert model.config.num_audio_queries == PROMPT_SIZE and model.config.audio_layer_ids == [0, 1, 2, 3]
-    inputs = converted_processor.apply_chat_template(conversation(audio_dir))
+    inputs = converted_processor.apply_chat_template(
+        conversation(audio_dir), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     ours, expected = logits(model, inputs), logits(converted_model, inputs)
     assert torch.equal(ours, expected)
     assert expected.std() > 0.1
@@ -94,8 +96,12 @@ def test_release_processor_is_the_reference_prompt_format(release_dir, converted
     text = processor.apply_chat_template(conversation(audio_dir), tokenize=False)
     assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + DEFAULT_SYSTEM_PROMPT)
     assert text.count(PLACEHOLDER) == 2
-    ours = processor.apply_chat_template(conversation(audio_dir))
-    expected = converted_processor.apply_chat_template(conversation(audio_dir))
+    ours = processor.apply_chat_template(
+        conversation(audio_dir), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    expected = converted_processor.apply_chat_template(
+        conversation(audio_dir), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     assert torch.equal(ours["input_ids"], expected["input_ids"])
     assert torch.equal(ours["input_features"], expected["input_features"])
     # The clip without speech gets the reference's " " (one token) between its placeholders and <end_audio>.
@@ -216,7 +222,9 @@ def test_from_components_without_processor_agrees_with_the_processor(llm_dir, wh
         llm_dir, whisper_dir, num_audio_queries=4, qformer_num_hidden_layers=1
     ).eval()
     assert model.config.audio_token_id == processor.audio_token_id is not None
-    inputs = processor.apply_chat_template(conversation(audio_dir))
+    inputs = processor.apply_chat_template(
+        conversation(audio_dir), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
 
 

@@ -227,7 +227,7 @@ conversation = [{"role": "user", "content": [
     {"type": "audio", "array": tone, "sampling_rate": rate, "transcript": "a tone"},
     {"type": "text", "text": "Describe the audio."},
 ]}]
-inputs = processor.apply_chat_template(conversation)
+inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
 with torch.no_grad():
     output = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 report = {
