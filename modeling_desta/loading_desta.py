@@ -24,8 +24,8 @@ from .connector_desta import DestaConnector
 from .release_desta import (
     HUB_KWARGS,
     REFERENCE_QFORMER_SETTINGS,
-    check_release_config,
     fetch_component,
+    fetch_release_tokenizer,
     hub_kwargs,
     is_release_config,
     map_connector_state_dict,
@@ -96,15 +96,9 @@ class DestaAssemblyMixin:
         dtype = kwargs.pop("torch_dtype", None) if dtype is None else dtype
         _check_release_kwargs(kwargs)
         source = str(path_or_repo)
-        release = check_release_config(release or read_config_dict(path_or_repo, revision, **fetch) or {}, source)
+        release, tokenizer = fetch_release_tokenizer(path_or_repo, release, revision, fetch)
         llm_id, whisper_id = str(release["llm_model_id"]), str(release["encoder_model_id"])
-        tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
         placeholder = release["placeholder_token"]
-        if placeholder not in tokenizer.get_vocab():
-            raise ValueError(
-                f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
-                "existing token, so this checkpoint does not belong to that LLM."
-            )
         whisper_config = fetch_component(
             WhisperConfig.from_pretrained, whisper_id, "Whisper (encoder_model_id)", source, **fetch
         )

@@ -16,6 +16,7 @@ import json
 import os
 
 import torch
+from transformers import AutoTokenizer
 from transformers.utils import cached_file
 
 RELEASE_MODEL_TYPE = "desta25"
@@ -181,3 +182,22 @@ def fetch_component(loader, repo_id: str, role: str, release: str, **kwargs):
         raise OSError(
             f"cannot fetch {repo_id!r}, the {role} named by {release}: {hint} `hf auth login` (or token=...)."
         ) from error
+
+
+def fetch_release_tokenizer(path_or_repo, release: dict | None, revision: str | None, fetch: dict):
+    """(checked release config, the LLM's tokenizer) of a release checkpoint, fetched by its `llm_model_id`.
+
+    The release's `placeholder_token` must already be in that tokenizer (the reference never adds it), else the
+    checkpoint does not belong to that LLM.
+    """
+    source = str(path_or_repo)
+    release = check_release_config(release or read_config_dict(path_or_repo, revision, **fetch) or {}, source)
+    llm_id = str(release["llm_model_id"])
+    tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
+    placeholder = release["placeholder_token"]
+    if placeholder not in tokenizer.get_vocab():
+        raise ValueError(
+            f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
+            "existing token, so this checkpoint does not belong to that LLM."
+        )
+    return release, tokenizer

@@ -11,8 +11,8 @@ from .release_desta import (
     RELEASE_AUDIO_END_TEXT,
     RELEASE_AUDIO_START_TEXT,
     RELEASE_EMPTY_TRANSCRIPT,
-    check_release_config,
     fetch_component,
+    fetch_release_tokenizer,
     hub_kwargs,
     is_release_config,
     pick_audio_token,
@@ -68,15 +68,9 @@ class ProcessorAssemblyMixin:
         """
         fetch = hub_kwargs(kwargs)
         source = str(path_or_repo)
-        release = check_release_config(release or read_config_dict(path_or_repo, revision, **fetch) or {}, source)
-        llm_id, whisper_id = str(release["llm_model_id"]), str(release["encoder_model_id"])
-        tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
+        release, tokenizer = fetch_release_tokenizer(path_or_repo, release, revision, fetch)
+        whisper_id = str(release["encoder_model_id"])
         placeholder = release["placeholder_token"]
-        if placeholder not in tokenizer.get_vocab():
-            raise ValueError(
-                f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
-                "existing token, so this checkpoint does not belong to that LLM."
-            )
         feature_extractor = fetch_component(
             WhisperFeatureExtractor.from_pretrained, whisper_id, "Whisper (encoder_model_id)", source, **fetch
         )
