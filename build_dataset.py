@@ -19,6 +19,8 @@ The library behind this script is `desta_audio.data`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -137,6 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="generate nothing: merge all records into OUTPUT_DIR/dataset (after sharded runs)",
     )
     output.add_argument("--push-to-hub", metavar="REPO", help="push the merged dataset to this Hub dataset repo")
+    output.add_argument(
+        "--force",
+        action="store_true",
+        help="add to an output dir built with other settings (seed, model, prompts, columns, source, generation)",
+    )
     output.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
 
@@ -164,6 +171,26 @@ def make_generator(args: argparse.Namespace):
     return sg.TransformersGenerator.from_pretrained(args.model, device=args.device, dtype=args.dtype, **options)
 
 
+def build_settings(args: argparse.Namespace, columns) -> dict:
+    """What shapes the records (not how fast they are made): a resume must use the same, see `--force`."""
+    prompts = sg.load_instructions(args.prompts)
+    return {
+        "source": {key: getattr(args, key) for key in ("dataset", "config", "split", "load_from_disk", "metadata")},
+        "audio_dir": str(Path(args.audio_dir).resolve()) if args.audio_dir else None,
+        "columns": dataclasses.asdict(columns),
+        "dataset_label": args.dataset_label,
+        "require_transcript": args.require_transcript,
+        "model": args.model,
+        "backend": args.backend,
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest(),
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "asr_model": args.asr_model,
+    }
+
+
 def run_build(args: argparse.Namespace) -> None:
     columns = sg.SourceColumns(
         audio=args.audio_column,
@@ -180,6 +207,8 @@ def run_build(args: argparse.Namespace) -> None:
         num_shards=args.num_shards,
         shard_index=args.shard_index,
         require_transcript=args.require_transcript,
+        settings=build_settings(args, columns),
+        force=args.force,
     )
     source = open_source(args)
     transcriber = (
@@ -200,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             logger.warning("interrupted: rerun the same command to resume")
             return 130
+        except (ValueError, sg.BuildLockedError) as error:
+            logger.error("%s", error)
+            return 2
         if args.num_shards > 1:
             logger.info(
                 "shard %d/%d done; after all shards, run with --merge-only to build the dataset",

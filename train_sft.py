@@ -59,7 +59,9 @@ logger = logging.getLogger("train_sft")
 
 
 def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
-    model, processor = sft_setup.load_model_and_processor(script_args, model_args)
+    resume = sft_setup.resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    sft_setup.check_output_dir(training_args.output_dir, bool(resume), script_args.overwrite_output_dir)
+    model, processor = sft_setup.load_model_and_processor(script_args, model_args, seed=training_args.seed)
     sft_setup.freeze_for_sft(model)
 
     dataset = sft_setup.load_sft_dataset(script_args)
@@ -78,7 +80,7 @@ def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, 
     )
     logger.info("trainable parameters: %d", sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
 
-    trainer.train(resume_from_checkpoint=sft_setup.resume_target(training_args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume)
     output_dir = sft_setup.save_final_model(trainer)
     logger.info("model saved to %s", output_dir)
 

@@ -125,7 +125,7 @@ def stage_times(pipe, clips, new_tokens: int, clock: StageClock) -> dict:
     audio_embeds = clock.run("connector", lambda: model.model.connector(taps).flatten(0, 1))
     options = AsrOptions(max_new_tokens=new_tokens)
     transcripts = clock.run("asr_probe_and_decode", lambda: pipe._transcribe_windows(last_hidden, options))
-    texts = [processor.render_conversation(c)[0] for c in conversations(clips)]
+    texts = [processor.render_conversation(c, add_generation_prompt=True)[0] for c in conversations(clips)]
     inputs = processor.encode_text(texts, windows, ["a short transcript of the clip"] * len(clips))
     generate = dict(audio_embeds=audio_embeds, do_sample=False, **inputs)
     clock.run("llm_prefill", lambda: model.generate(**generate, max_new_tokens=1))

@@ -4,30 +4,42 @@
     desta-audio eval (--data-file FILE | --dataset NAME | --rescore PREDICTIONS | --retention) [--model ...]
     desta-audio convert --checkpoint DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B --output DIR [--push-to-hub REPO]
     desta-audio smoke-qa OUT_DIR
+    desta-audio demo [--model REPO_OR_DIR] [--host HOST] [--port PORT] [--share]   (needs the `demo` extra)
 
 See docs/evaluation.md for `eval`; `build_dataset.py` and `train_sft.py` are scripts of their own.
 """
 
 import argparse
+import json
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
 
 import yaml
+from transformers import AutoConfig
 
+from modeling_desta.configuration_desta import DestaReleaseConfig
+from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from . import evaluation as ev
-from .common import DTYPES, load_pipeline
+from .common import DTYPES, load_pipeline, resolve_device
+from .demo import add_demo_arguments, run_demo
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
 
-DEFAULT_MODEL_ID = "desta-audio/DeSTA2.5-Audio-Llama-3.1-8B"
+# The authors' release: it loads as it is (its connector, on the LLM and Whisper it names), no conversion step.
+DEFAULT_MODEL_ID = RELEASE_REPO_ID
 DEFAULT_PROMPT = "Describe the audio."
 DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+DESTA_MODEL_TYPES = ("desta", DestaReleaseConfig.model_type)
+DEBUG_ENV = "DESTA_AUDIO_DEBUG"
 
 logger = logging.getLogger("desta-audio")
 
@@ -47,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     smoke = commands.add_parser("smoke-qa", help="build the 16-question espeak-ng/sox audio QA set offline")
     smoke.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
     smoke.set_defaults(handler=run_smoke_qa)
+    add_demo_arguments(commands.add_parser("demo", help="serve the web demo (Gradio; the `demo` extra)")).set_defaults(
+        handler=run_demo
+    )
     return parser
 
 
@@ -66,7 +81,43 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser
     chat.add_argument("--top-p", type=float, default=0.9, help="with --sample")
     chat.add_argument("--stream", action="store_true", help="print the answer token by token")
     chat.add_argument("-v", "--verbose", action="store_true", help="also print the transcripts used")
+    chat.add_argument(
+        "--audio-policy",
+        type=json.loads,
+        default=None,
+        help='audio source policy settings as JSON, e.g. \'{"allow_urls": false}\' (see README "Serving safely")',
+    )
     return chat
+
+
+def check_model(model: str) -> None:
+    """One clear line, before any weights load, for a --model that is a missing folder, not a saved model, not a
+    DeSTA checkpoint, or a repo that is missing, gated or unreachable (for the authors' release format, its LLM and
+    Whisper too: Llama 3.1 needs its licence accepted). Only config files are fetched."""
+    path = Path(model).expanduser()
+    if path.exists() or not HUB_ID.fullmatch(model):
+        check_model_folder(model, path)
+    config = fetch_component(AutoConfig.from_pretrained, model, "model", "--model")
+    if config.model_type not in DESTA_MODEL_TYPES:
+        raise ValueError(
+            f"--model {model}: this is a {config.model_type!r} model, not a DeSTA checkpoint (model_type 'desta', or "
+            "'desta25' for the authors' release); build one with train_sft.py or `desta-audio convert`"
+        )
+    if isinstance(config, DestaReleaseConfig):
+        fetch_component(AutoConfig.from_pretrained, config.llm_model_id, "LLM (llm_model_id)", model)
+        fetch_component(AutoConfig.from_pretrained, config.encoder_model_id, "Whisper (encoder_model_id)", model)
+
+
+def check_model_folder(model: str, path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {model}: no such model folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--model {model}: the folder has no config.json, so it is not a saved model")
+    try:
+        json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"--model {model}: config.json is not a valid JSON object ({error})") from None
 
 
 def check_audio_inputs(paths: list[str]) -> None:
@@ -98,12 +149,17 @@ def generation_kwargs(args) -> dict:
 
 def run_chat(args) -> int:
     check_audio_inputs(args.audio)
+    resolve_device(args.device)  # a device this machine lacks is named before anything is fetched
+    check_model(args.model)
     conversation = build_conversation(args)
-    pipe = load_pipeline(args.model, args.device, args.dtype)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    kwargs = generation_kwargs(args)
+    if args.audio_policy is not None:
+        kwargs["audio_policy"] = args.audio_policy
     if args.stream:
-        result = stream_answer(pipe, conversation, generation_kwargs(args))
+        result = stream_answer(pipe, conversation, kwargs)
     else:
-        result = pipe(conversation, **generation_kwargs(args))
+        result = pipe(conversation, **kwargs)
         sys.stdout.write(result["generated_text"] + "\n")
     if args.verbose:
         for path, transcript in zip(args.audio, result["transcripts"]):
@@ -211,6 +267,8 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
+    resolve_device(args.device)
+    check_model(args.model)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
         report = ev.knowledge_retention(
@@ -297,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         sys.stderr.write(f"desta-audio: error: {error}\n")
         return 2
+    except Exception as error:  # anything else still gets one line; DESTA_AUDIO_DEBUG=1 shows the traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"desta-audio: error: {type(error).__name__}: {error} (set {DEBUG_ENV}=1 for details)\n")
+        return 1
 
 
 if __name__ == "__main__":

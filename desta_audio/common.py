@@ -30,7 +30,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """`"auto"` (or None) is the first GPU when there is one, else the CPU; anything else is taken as given."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r} ({error}); use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "use --device cpu or auto"
+        )
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
@@ -43,14 +52,19 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
 
 
 def load_pipeline(model, processor=None, device: str = "auto", dtype: str = "auto"):
-    """The audio-text-to-text pipeline for a folder / Hub id, an in-memory model + processor, or a ready pipeline."""
+    """The audio-text-to-text pipeline for a folder / Hub id, an in-memory model + processor, or a ready pipeline.
+
+    The tools run this installed package's classes, not the checkpoint's copy of them (remote code): one set of
+    classes, so `except AudioTooLongError` and `isinstance(policy, AudioSourcePolicy)` mean what they say.
+    """
     if isinstance(model, Pipeline):
         return model
     if isinstance(model, (str, os.PathLike)):
         return pipeline(
             "audio-text-to-text",
             model=os.fspath(model),
-            trust_remote_code=True,
+            pipeline_class=DestaAudioTextToTextPipeline,
+            trust_remote_code=False,
             device=resolve_device(device),
             dtype=dtype,
         )
@@ -154,6 +168,17 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     os.replace(temporary, path)
 
 
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Rewrite a JSONL file whole: a temporary file beside it, fsynced, then renamed over it."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
 # ----------------------------------------------------------------------------- datasets
 def is_saved_dataset(folder: str | os.PathLike) -> bool:
     """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
@@ -173,9 +198,34 @@ def load_dataset_from(name_or_dir: str | os.PathLike, config: str | None = None,
                 return loaded.to_iterable_dataset() if streaming and isinstance(loaded, datasets.Dataset) else loaded
         shards = sorted((folder / BUILD_RECORDS_SUBDIR).glob("*.jsonl"))
         if shards:
-            return datasets.load_dataset("json", data_files=[str(s) for s in shards], streaming=streaming)
+            return jsonl_dataset(shards, streaming)
         return datasets.load_dataset(str(folder), config, streaming=streaming)
     return datasets.load_dataset(os.fspath(name_or_dir), config, streaming=streaming)
+
+
+def _jsonl_records(files: list[str], signature: list) -> Iterator[dict[str, Any]]:
+    for path in files:
+        yield from read_jsonl(path)
+
+
+def jsonl_dataset(files: Sequence[str | os.PathLike], streaming: bool = False):
+    """A `datasets` dataset of JSONL files read like `read_jsonl`: a torn last line (an interrupted writer) is
+    skipped with a warning, a bad line elsewhere is an error naming the file and line. The cache is keyed to the
+    files' sizes and modification times, so an edited file is read again."""
+    import datasets
+
+    files = [os.fspath(f) for f in files]
+    signature = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    if streaming:
+        return datasets.IterableDataset.from_generator(
+            _jsonl_records, gen_kwargs={"files": files, "signature": signature}
+        )
+    try:
+        return datasets.Dataset.from_generator(_jsonl_records, gen_kwargs={"files": files, "signature": signature})
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, ValueError):  # read_jsonl's message names the file and line
+            raise error.__cause__ from None
+        raise
 
 
 def select_split(loaded, split: str):

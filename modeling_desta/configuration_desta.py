@@ -3,14 +3,7 @@
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# Encoder layers tapped by the reference for each Whisper size (0-based). Kept for documentation and
-# for the converter; the model itself only ever reads `DestaConfig.audio_layer_ids`.
-REFERENCE_AUDIO_LAYER_IDS = {
-    "tiny": [0, 1, 2, 3],
-    "small": [2, 5, 8, 11],
-    "medium": [5, 11, 17, 23],
-    "large": [7, 15, 23, 31],
-}
+from .release_desta import REFERENCE_AUDIO_LAYER_IDS, RELEASE_MODEL_TYPE
 
 # The one-line `pipeline("audio-text-to-text", model=..., trust_remote_code=True)`: its code travels with the
 # processor (processing_desta.py imports pipeline_desta.py, so saving the processor copies both).
@@ -153,11 +146,35 @@ class DestaConfig(PreTrainedConfig):
 
     @property
     def vocab_size(self) -> int:
+        """The language model's vocabulary size; setting it sets `text_config.vocab_size` (as resizing does)."""
         return self.text_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        self.text_config.vocab_size = value
 
     @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size
 
 
-__all__ = ["DestaConfig", "default_audio_layer_ids", "REFERENCE_AUDIO_LAYER_IDS"]
+class DestaReleaseConfig(PreTrainedConfig):
+    r"""
+    The `config.json` of the authors' release (`model_type` `desta25`): a connector-only checkpoint that names the
+    LLM and the Whisper it belongs to. Loading it with `AutoModel` / `DestaForConditionalGeneration.from_pretrained`
+    fetches both and builds a [`DestaConfig`] model; fields not listed here (e.g. `info`) are kept as they are.
+    """
+
+    model_type = RELEASE_MODEL_TYPE
+    processor_class: str | None = "DestaProcessor"
+    llm_model_id: str | None = None
+    encoder_model_id: str | None = None
+    connector_mode: str = "qformer_1"
+    prompt_size: int = 64
+    qformer_num_hidden_layers: int = 6
+    placeholder_token: str | None = None
+    audio_locator: str = "<|AUDIO|>"
+    use_lora: bool = False
+
+
+__all__ = ["DestaConfig", "DestaReleaseConfig", "default_audio_layer_ids", "REFERENCE_AUDIO_LAYER_IDS"]

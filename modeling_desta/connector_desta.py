@@ -10,18 +10,45 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_desta import DestaConfig
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention, `(batch, heads, length, head_dim)` in, `(batch, length, heads, head_dim)` out."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.dropout(weights.softmax(dim=-1), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class DestaQFormerAttention(nn.Module):
-    """Multi-head attention without any mask: query self-attention is bidirectional, cross-attention sees every frame."""
+    """Multi-head attention without any mask: query self-attention is bidirectional, cross-attention sees every frame.
+
+    The kernel comes from transformers' attention interface (`config._attn_implementation`: eager, sdpa, flash
+    ...), so `model.set_attn_implementation(...)` switches it. `is_causal = False` is what those kernels read:
+    without it sdpa and flash attention would treat the query self-attention as causal.
+    """
 
     def __init__(self, config: DestaConfig):
         super().__init__()
         hidden_size = config.audio_config.d_model
+        self.config = config
         self.num_heads = config.qformer_num_attention_heads
         self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.dropout = config.qformer_attention_dropout_prob
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
@@ -35,11 +62,19 @@ class DestaQFormerAttention(nn.Module):
         query = self._split_heads(self.query(hidden_states))
         key = self._split_heads(self.key(key_value_states))
         value = self._split_heads(self.value(key_value_states))
-        context = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=self.dropout if self.training else 0.0, is_causal=False
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, _ = attention(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
         )
-        batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        batch, length = hidden_states.shape[:2]
+        return context.reshape(batch, length, self.num_heads * self.head_dim)
 
 
 class DestaQFormerResidualOutput(nn.Module):

@@ -10,7 +10,7 @@ The connector's parameter names follow the reference checkpoint's BERT layout, s
 prefix rename: `perception.connector.` -> `model.connector.`.
 """
 
-import os
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,16 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_desta import DestaConfig
+from .configuration_desta import DestaConfig, DestaReleaseConfig
 from .connector_desta import DestaConnector
+from .loading_desta import DestaAssemblyMixin
 
 
 class DestaPreTrainedModel(PreTrainedModel):
@@ -40,11 +45,14 @@ class DestaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # The audio tower's and the LLM's own `_no_split_modules` are collected from them by `post_init`.
     _no_split_modules = ["DestaQFormerLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # A decode step is the embedding lookup plus the LLM (audio is spliced in at prefill only), so it traces
+    # without graph breaks; tests/test_model_contract.py compiles it with `fullgraph=True`.
+    _can_compile_fullgraph = True
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -78,11 +86,13 @@ class DestaModel(DestaPreTrainedModel):
 
     def encode_audio(
         self, input_features: torch.Tensor, output_last_hidden_state: bool = False
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Run the Whisper encoder once and return the tapped states (pre-final-LN) of `audio_layer_ids`.
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run the Whisper encoder once: the tapped states (pre-final-LN) of `audio_layer_ids` and the last state.
 
-        Layers past the deepest tap are skipped unless `output_last_hidden_state` asks for the encoder's
-        normed output too (what Whisper's decoder needs for ASR); then both come from the same pass.
+        Layers past the deepest tap are skipped unless `output_last_hidden_state` asks for every layer (what
+        Whisper's decoder needs for ASR); both results then come from the same pass. The last state is Whisper's
+        own encoder output (final layer norm applied) whenever every layer ran, which the default taps (ending at
+        the last layer) always do; otherwise it is the deepest tap's output.
         """
         encoder = self.audio_encoder
         expected_frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
@@ -109,24 +119,58 @@ class DestaModel(DestaPreTrainedModel):
                 hidden_states = layer(hidden_states, None)
                 if index in tap_ids:
                     taps.append(hidden_states)
-            last_hidden_state = encoder.layer_norm(hidden_states) if output_last_hidden_state else None
-        return taps, last_hidden_state
+            if last_layer == len(encoder.layers) - 1:
+                hidden_states = encoder.layer_norm(hidden_states)
+        return taps, hidden_states
 
+    @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, output_last_hidden_state: bool = False, **kwargs
+        self,
+        input_features: torch.Tensor,
+        output_last_hidden_state: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Connector outputs for every 30 s window, flattened to `(num_windows * num_audio_queries, hidden)`.
+        """Connector outputs for every 30 s window, and the Whisper states of the one encoder pass behind them.
 
-        `pooler_output` holds them in placeholder order; `last_hidden_state` holds Whisper's normed encoder
-        output (same pass) when `output_last_hidden_state=True`, for transcription without a second run.
+        - `pooler_output`: the connector outputs, `(num_windows * num_audio_queries, hidden)`, in placeholder order.
+        - `last_hidden_state`: the last state of the Whisper layers that ran (see `encode_audio`); with
+          `output_last_hidden_state=True` every layer runs, so it is Whisper's encoder output, ready for ASR.
+        - `hidden_states` / `attentions` (when asked, or set in the config): as Whisper's encoder reports them,
+          for the layers that ran (attention weights need an eager audio tower).
         """
-        taps, last_hidden_state = self.encode_audio(input_features, output_last_hidden_state)
-        audio_embeds = self.connector(taps).flatten(0, 1)
-        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=audio_embeds)
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        encoder = self.audio_encoder
+        with _recorded_encoder_outputs(encoder, output_hidden_states, output_attentions) as recorded:
+            taps, last_hidden_state = self.encode_audio(input_features, output_last_hidden_state)
+        hidden_states = recorded["hidden_states"]
+        if len(hidden_states) == len(encoder.layers) + 1:
+            hidden_states[-1] = last_hidden_state  # Whisper reports its final state after the layer norm
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.connector(taps).flatten(0, 1),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(recorded["attentions"]) if output_attentions else None,
+        )
 
-    def get_placeholder_mask(self, input_ids: torch.LongTensor, audio_embeds: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the audio placeholder positions, after checking there is one per audio vector."""
-        mask = input_ids == self.config.audio_token_id
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, audio_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """Boolean `(batch, length, 1)` mask of the audio placeholders, after checking there is one per audio vector.
+
+        Placeholders are found in `input_ids`, or, without ids, as the positions holding the placeholder's embedding.
+        """
+        if input_ids is None:
+            placeholder = self.get_input_embeddings()(
+                torch.tensor(self.config.audio_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == placeholder).all(-1)
+        else:
+            mask = input_ids == self.config.audio_token_id
         num_placeholders = int(mask.sum())
         if num_placeholders != audio_embeds.shape[0]:
             queries = self.config.num_audio_queries
@@ -135,8 +179,10 @@ class DestaModel(DestaPreTrainedModel):
                 f"but the audio gives {audio_embeds.shape[0]} vectors ({audio_embeds.shape[0] // queries} windows x "
                 f"{queries} queries). Build inputs with DestaProcessor so each audio gets one placeholder per vector."
             )
-        return mask
+        return mask.unsqueeze(-1).to(inputs_embeds.device)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -144,50 +190,72 @@ class DestaModel(DestaPreTrainedModel):
         audio_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """Audio (as `input_features`, or precomputed `audio_embeds`) replaces its placeholders; without audio,
+        placeholder ids are ordinary tokens, as in transformers' Voxtral and Qwen2-Audio."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if audio_embeds is None and input_features is not None:
-            audio_embeds = self.get_audio_features(input_features).pooler_output
+            audio_embeds = self.get_audio_features(
+                input_features, output_hidden_states=False, output_attentions=False, return_dict=True
+            ).pooler_output
         if audio_embeds is not None:
-            if input_ids is None:
-                raise ValueError("Audio inputs need input_ids to locate the audio placeholders.")
-            mask = self.get_placeholder_mask(input_ids, audio_embeds).unsqueeze(-1).to(inputs_embeds.device)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_embeds)
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask, audio_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
             )
-        elif input_ids is not None and _is_prefill(past_key_values):
-            self._check_no_orphan_placeholders(input_ids)
-
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return BaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
 
-    def _check_no_orphan_placeholders(self, input_ids: torch.LongTensor) -> None:
-        if self.config.audio_token_id is None:
-            return
-        num_placeholders = int((input_ids == self.config.audio_token_id).sum())
-        if num_placeholders:
-            raise ValueError(
-                f"The input holds {num_placeholders} audio placeholder tokens but no input_features were given."
-            )
+
+@contextmanager
+def _recorded_encoder_outputs(encoder, hidden_states: bool, attentions: bool):
+    """Collect, while the block runs, each encoder layer's input and output and its attention weights.
+
+    Hooks rather than a second code path, so the states are those of the very pass that fed the connector.
+    Attention weights exist only where the audio tower's attention is eager (sdpa does not return them).
+    """
+    recorded = {"hidden_states": [], "attentions": []}
+
+    def record_hidden_states(module, args, output):
+        if not recorded["hidden_states"]:
+            recorded["hidden_states"].append(args[0])
+        recorded["hidden_states"].append(output)
+
+    def record_attentions(module, args, output):
+        if output[1] is not None:
+            recorded["attentions"].append(output[1])
+
+    handles = []
+    for layer in encoder.layers:
+        if hidden_states:
+            handles.append(layer.register_forward_hook(record_hidden_states))
+        if attentions:
+            handles.append(layer.self_attn.register_forward_hook(record_attentions))
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class SuppressTokensOnce(LogitsProcessor):
@@ -208,14 +276,13 @@ class SuppressTokensOnce(LogitsProcessor):
         return scores.masked_fill(self.mask[: scores.shape[-1]], -float("inf"))
 
 
-def _is_prefill(past_key_values) -> bool:
-    return past_key_values is None or past_key_values.get_seq_length() == 0
-
-
-class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
+class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, GenerationMixin):
     """DeSTA2.5-Audio with a language-modelling head: audio + text in, text out."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The LLM's plan (collected from `model.language_model`) shards `embed_tokens` on the vocabulary; the head
+    # is sharded on the same dimension, so a tied head and embedding stay one consistent tensor.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: DestaConfig):
         super().__init__(config)
@@ -238,6 +305,8 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
     def get_audio_features(self, input_features: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -245,7 +314,7 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         audio_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -258,14 +327,13 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
             audio_embeds=audio_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -274,7 +342,7 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -282,9 +350,13 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         audio_embeds = kwargs.pop("audio_embeds", None)
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # Audio is spliced in at prefill only; decode steps reuse the KV cache and never re-run the encoder.
+        # Audio is spliced in at prefill only (transformers drops `input_features` after it; `audio_embeds` is ours):
+        # decode steps reuse the KV cache and never re-run the encoder.
         if audio_embeds is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
             model_inputs["audio_embeds"] = audio_embeds
+        if _audio_already_cached(model_inputs, self.config.audio_token_id):
+            model_inputs.pop("audio_embeds", None)
+            model_inputs.pop("input_features", None)
         return model_inputs
 
     @torch.no_grad()
@@ -344,69 +416,34 @@ class DestaForConditionalGeneration(DestaPreTrainedModel, GenerationMixin):
         ).logits
         return logits[:, 0].float().softmax(dim=-1)[:, no_speech_token]
 
-    @classmethod
-    def from_components(
-        cls,
-        llm: str | os.PathLike | PreTrainedModel,
-        whisper: str | os.PathLike | PreTrainedModel,
-        processor=None,
-        audio_token_id: int | None = None,
-        vocab_size: int | None = None,
-        dtype: torch.dtype | str | None = None,
-        **config_overrides,
-    ) -> "DestaForConditionalGeneration":
-        """A fresh DeSTA model from a pretrained causal LM and a pretrained Whisper (ids, folders or models).
 
-        The LLM and Whisper weights are copied as they are; the connector is freshly initialised. Pass the
-        `processor` made by `DestaProcessor.from_components(llm, whisper)`: its audio token id, tokenizer length
-        and `num_audio_queries` are taken from it (or give `audio_token_id` / `vocab_size` yourself).
-        Embeddings are resized only if the tokenizer outgrew them.
-        """
-        if processor is not None:
-            audio_token_id = processor.audio_token_id if audio_token_id is None else audio_token_id
-            vocab_size = len(processor.tokenizer) if vocab_size is None else vocab_size
-            config_overrides.setdefault("num_audio_queries", processor.num_audio_queries)
-        llm_model = llm if isinstance(llm, PreTrainedModel) else AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-        whisper_model = (
-            whisper
-            if isinstance(whisper, PreTrainedModel)
-            else WhisperForConditionalGeneration.from_pretrained(whisper, dtype=dtype)
-        )
-        if vocab_size is not None and vocab_size > llm_model.get_input_embeddings().weight.shape[0]:
-            llm_model.resize_token_embeddings(vocab_size, mean_resizing=True)
-        config = DestaConfig(
-            audio_config=whisper_model.config.to_dict(),
-            text_config=llm_model.config.to_dict(),
-            audio_token_id=audio_token_id,
-            asr_generation_config=_generation_config_dict(whisper_model.generation_config),
-            **config_overrides,
-        )
-        model = cls(config).to(llm_model.dtype)
-        model.model.audio_tower.load_state_dict(whisper_model.state_dict())
-        model.model.language_model.load_state_dict(llm_model.get_decoder().state_dict())
-        model.lm_head.load_state_dict(llm_model.get_output_embeddings().state_dict())
-        model.generation_config = llm_model.generation_config
-        model.tie_weights()
-        return model
+def _audio_already_cached(model_inputs: dict, audio_token_id: int | None) -> bool:
+    """True when a generate call continues from a cache and the uncached ids it feeds hold no placeholder.
 
-
-def _generation_config_dict(generation_config: GenerationConfig) -> dict:
-    config = generation_config.to_diff_dict()
-    config.pop("transformers_version", None)
-    return config
+    The audio of such a call was spliced in when its placeholders entered the cache (an earlier generate call);
+    re-sending its features would find no placeholders to fill.
+    """
+    has_audio = model_inputs.get("audio_embeds") is not None or model_inputs.get("input_features") is not None
+    cache, input_ids = model_inputs.get("cache"), model_inputs.get("input_ids")
+    if not has_audio or input_ids is None or cache is None or cache.get_seq_length() == 0:
+        return False
+    return not bool((input_ids == audio_token_id).any())
 
 
 def _register_auto_classes() -> None:
     """Registration for `pip install` users; `auto_map` in the config covers remote-code users."""
-    try:
-        AutoConfig.register("desta", DestaConfig)
-        AutoModel.register(DestaConfig, DestaForConditionalGeneration)
-        AutoModelForCausalLM.register(DestaConfig, DestaForConditionalGeneration)
-    except ValueError:
-        return  # already registered (module imported twice under different names)
     from transformers import AutoModelForMultimodalLM
 
-    AutoModelForMultimodalLM.register(DestaConfig, DestaForConditionalGeneration)
+    try:
+        AutoConfig.register("desta", DestaConfig)
+        AutoConfig.register(DestaReleaseConfig.model_type, DestaReleaseConfig)
+    except ValueError:
+        return  # already registered (module imported twice under different names)
+    for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForMultimodalLM):
+        auto_class.register(DestaConfig, DestaForConditionalGeneration)
+        # A release-format config loads into the same class (`from_pretrained` fetches its components); the
+        # mapping is registered directly because `register` insists the model's own config_class is the key.
+        auto_class._model_mapping.register(DestaReleaseConfig, DestaForConditionalGeneration, exist_ok=True)
 
 
 DestaConfig.register_for_auto_class()

@@ -1,7 +1,8 @@
 """Processor, audio I/O and the inference pipeline of desta-audio: the processor half of the remote-code set
 (see `modeling_desta/__init__.py`). Imports nothing of this project outside this folder."""
 
-from .audio_io import AudioDecodeError, load_audio
+from .audio_io import AudioDecodeError, AudioTooLongError, load_audio
+from .audio_sources import AudioSourceError, AudioSourcePolicy
 from .pipeline_desta import DestaAudioTextToTextPipeline, register_pipeline
 from .processing_desta import DEFAULT_SYSTEM_PROMPT, DestaProcessor
 
@@ -9,6 +10,9 @@ register_pipeline()
 
 __all__ = [
     "AudioDecodeError",
+    "AudioSourceError",
+    "AudioSourcePolicy",
+    "AudioTooLongError",
     "DEFAULT_SYSTEM_PROMPT",
     "DestaAudioTextToTextPipeline",
     "DestaProcessor",

@@ -5,6 +5,7 @@ connector and, for clips that came without a transcript, Whisper's decoder (spee
 windows Whisper judges speech-free get an empty transcript instead of a hallucinated one.
 """
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,8 @@ from transformers import GenerationConfig, Pipeline
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from .audio_io import audio_source
+
+logger = logging.getLogger(__name__)
 
 # The reference's system prompt in its examples; the one default of every chat this project builds.
 DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
@@ -64,9 +67,12 @@ class DestaAudioTextToTextPipeline(Pipeline):
         logprob_threshold=DEFAULT_LOGPROB_THRESHOLD,
         asr_max_new_tokens=None,
         generate_kwargs=None,
+        audio_policy=None,
         **kwargs,
     ):
         preprocess_params = {}
+        if audio_policy is not None:
+            preprocess_params["audio_policy"] = audio_policy
         if prompt is not None:
             preprocess_params["prompt"] = prompt
         if system_prompt is not None:
@@ -80,7 +86,9 @@ class DestaAudioTextToTextPipeline(Pipeline):
     def __call__(self, inputs, batch_size: int | None = None, **kwargs):
         single = _is_single_input(inputs)
         items = [inputs] if single else list(inputs)
-        batch_size = batch_size or self._batch_size or 1
+        batch_size = (self._batch_size or 1) if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
         preprocess_params = {**self._preprocess_params, **preprocess_params}
         forward_params = _merge_forward_params(self._forward_params, forward_params)
@@ -91,12 +99,14 @@ class DestaAudioTextToTextPipeline(Pipeline):
             results.extend(self.postprocess(output, **postprocess_params) for output in outputs)
         return results[0] if single else results
 
-    def preprocess(self, inputs, prompt: str | None = None, system_prompt: str | None = None) -> dict:
+    def preprocess(
+        self, inputs, prompt: str | None = None, system_prompt: str | None = None, audio_policy=None
+    ) -> dict:
         conversation = inputs if _is_conversation(inputs) else _conversation_from_audio(inputs, prompt, system_prompt)
         text, audio_items = self.processor.render_conversation(conversation, add_generation_prompt=True)
         return {
             "text": text,
-            "waveforms": [self.processor.load_audio(audio_source(item)) for item in audio_items],
+            "waveforms": [self.processor.load_audio(audio_source(item), audio_policy) for item in audio_items],
             "transcripts": [item.get("transcript") for item in audio_items],
         }
 
@@ -115,6 +125,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
                     transcripts, waveforms, window_counts, audio.last_hidden_state, asr_options or AsrOptions()
                 )
         encoded = self.processor.encode_text([item["text"] for item in batch], window_counts, transcripts)
+        self._warn_if_too_long(encoded["input_ids"].shape[1])
         encoded = {key: value.to(self.device) for key, value in encoded.items()}
         generated = self.model.generate(
             **encoded, audio_embeds=audio_embeds, **self._prepare_generate_kwargs(generate_kwargs or {})
@@ -126,6 +137,19 @@ class DestaAudioTextToTextPipeline(Pipeline):
             outputs.append({"generated_ids": new_tokens[row], "transcripts": transcripts[offset : offset + count]})
             offset += count
         return outputs
+
+    def _warn_if_too_long(self, length: int) -> None:
+        """A prompt (audio and transcripts included) longer than the LLM's positions gives garbage, not an error."""
+        text_config = getattr(self.model.config, "text_config", None)
+        limit = getattr(text_config, "max_position_embeddings", None)
+        if limit and length > limit:
+            logger.warning(
+                "The prompt is %d tokens (audio placeholders and transcripts included), over the LLM's "
+                "max_position_embeddings=%d; answers will be unreliable. Shorten the text or transcript, or set "
+                "processor.max_transcript_tokens.",
+                length,
+                limit,
+            )
 
     def _fill_transcripts(self, transcripts, waveforms, window_counts, encoder_states, asr_options) -> list[str]:
         """Transcribe, from the encoder states already computed, every clip that came without a transcript."""
@@ -223,7 +247,13 @@ def _is_audio_value(value) -> bool:
 
 
 def _is_conversation(inputs) -> bool:
-    return isinstance(inputs, (list, tuple)) and bool(inputs) and isinstance(inputs[0], dict) and "role" in inputs[0]
+    """A list of messages: dicts with a role or content (a message missing one gets the processor's clear error)."""
+    return (
+        isinstance(inputs, (list, tuple))
+        and bool(inputs)
+        and isinstance(inputs[0], dict)
+        and ("role" in inputs[0] or "content" in inputs[0])
+    )
 
 
 def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | None) -> list[dict]:
@@ -236,11 +266,12 @@ def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | Non
         item = {"type": "audio", "array": audio, "sampling_rate": 16000}
     elif isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         item = {"type": "audio", "path": audio}
-    elif hasattr(audio, "get_all_samples"):
+    elif hasattr(audio, "get_all_samples") or (isinstance(audio, dict) and ("path" in audio or "bytes" in audio)):
         item = {"type": "audio", "audio": audio}
     else:
+        shown = f"a dict with keys {sorted(audio)}" if isinstance(audio, dict) else type(audio).__name__
         raise ValueError(
-            f"Cannot read {type(audio).__name__} as audio: pass a path, URL, bytes, a 16 kHz array, "
+            f"Cannot read {shown} as audio: pass a path, URL, bytes, a 16 kHz array, "
             "an {'array', 'sampling_rate'} dict, a datasets Audio value, or a chat with audio items."
         )
     content = [item] + ([{"type": "text", "text": prompt}] if prompt else [])

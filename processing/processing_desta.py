@@ -10,23 +10,40 @@ import os
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
+from transformers import AutoProcessor, BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
+from .audio_sources import AudioSourcePolicy
+from .chat_text import FENCED_SPAN, InertTextMixin, check_message, checked_messages
+from .loading_processor import ASR_TOKENIZER_FOLDER, ProcessorAssemblyMixin
 
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
 from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
 
-# The reference's placeholder for Llama-3 tokenizers: an existing reserved token, so no embedding grows.
-LLAMA3_AUDIO_TOKEN = "<|reserved_special_token_87|>"
-# The reference's data format marks audio in string content with this locator (DeSTA-AQA5M `messages`).
-REFERENCE_AUDIO_LOCATOR = "<|AUDIO|>"
-DEFAULT_AUDIO_TOKEN = "<|AUDIO|>"
+# The release format and the audio-token rule, shared with the model half (the same file; see its docstring).
+from .release_desta import (
+    DEFAULT_AUDIO_TOKEN,
+    REFERENCE_AUDIO_LOCATOR,
+    RELEASE_MODEL_TYPE,
+)
+
 CONTENT_JOINER = "\n\n"
-ASR_TOKENIZER_FOLDER = "asr_tokenizer"
+# Text kwargs applied to the expanded ids; the rest of `TextKwargs` (offsets, overflow, pairs ...) has no meaning
+# once audio placeholders are spliced in, and raises rather than being dropped.
+SUPPORTED_TEXT_KWARGS = {
+    "add_special_tokens",
+    "padding",
+    "padding_side",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "return_attention_mask",
+    "return_tensors",
+}
 
 
-class DestaProcessor(ProcessorMixin):
+class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
     r"""
     Wraps a Whisper feature extractor and the LLM tokenizer.
 
@@ -44,7 +61,19 @@ class DestaProcessor(ProcessorMixin):
             converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
         empty_transcript (`str`, defaults to `""`): text standing in for a missing or blank transcript. The
             release trained with `" "` (one token) for clips without speech; converted checkpoints set that.
+        trusted_input (`bool`, defaults to `True`): `True` reads any local path or URL in a chat (local use);
+            `False` is what a server sets: only arrays and bytes unless `audio_policy` opens paths or URLs.
+        audio_policy (`dict`, *optional*): `AudioSourcePolicy` settings over the defaults of `trusted_input`
+            (e.g. `{"allow_paths": True, "path_root": "/srv/audio"}`); saved in `processor_config.json`.
+
+    Call kwargs are routed through `ProcessingKwargs` (flat, or nested in `text_kwargs` / `audio_kwargs`; a kwarg
+    given both ways raises). Text defaults: left padding to the longest row, special tokens added, PyTorch tensors.
+    `padding`, `truncation`, `max_length` and `pad_to_multiple_of` act on the ids *after* audio expansion;
+    truncation that would cut into an audio span raises instead of dropping audio. Audio is always one padded
+    30 s window per row; `audio_kwargs["sampling_rate"]` is the rate of bare arrays (16 kHz by default).
     """
+
+    text_kwargs = {"padding": True, "padding_side": "left", "add_special_tokens": True, "return_tensors": "pt"}
 
     def __init__(
         self,
@@ -59,6 +88,8 @@ class DestaProcessor(ProcessorMixin):
         chat_template: str | None = None,
         default_system_prompt: str | None = None,
         empty_transcript: str = "",
+        trusted_input: bool = True,
+        audio_policy: dict | None = None,
     ):
         self.audio_token = audio_token
         self.num_audio_queries = num_audio_queries
@@ -68,6 +99,11 @@ class DestaProcessor(ProcessorMixin):
         self.max_audio_seconds = max_audio_seconds
         self.default_system_prompt = default_system_prompt
         self.empty_transcript = empty_transcript
+        self.trusted_input = trusted_input
+        if isinstance(audio_policy, AudioSourcePolicy):
+            audio_policy = audio_policy.to_dict()
+        AudioSourcePolicy.for_input(trusted_input, audio_policy)  # unknown settings fail here, not per request
+        self.audio_policy = dict(audio_policy or {})
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
@@ -78,36 +114,6 @@ class DestaProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer does not know the audio token {audio_token!r}; add it as a special token.")
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_components(
-        cls, llm: str | os.PathLike, whisper: str | os.PathLike, audio_token: str | None = None, **kwargs
-    ) -> "DestaProcessor":
-        """The processor for a model built by `DestaForConditionalGeneration.from_components(llm, whisper)`.
-
-        The audio token is the reference's `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3),
-        else `<|AUDIO|>`, added as a special token only if missing. Pass `len(processor.tokenizer)` as the
-        model's `vocab_size` so embeddings grow only when a token was really added.
-        """
-        tokenizer = AutoTokenizer.from_pretrained(llm)
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper)
-        if audio_token is None:
-            audio_token = LLAMA3_AUDIO_TOKEN if LLAMA3_AUDIO_TOKEN in tokenizer.get_vocab() else DEFAULT_AUDIO_TOKEN
-        if audio_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        processor = cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
-        processor.asr_tokenizer = _load_optional_tokenizer(whisper)
-        return processor
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DestaProcessor":
-        """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one."""
-        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        processor.asr_tokenizer = _load_optional_tokenizer(
-            pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs
-        )
-        return processor
 
     def save_pretrained(self, save_directory, **kwargs):
         saved = super().save_pretrained(save_directory, **kwargs)
@@ -128,9 +134,23 @@ class DestaProcessor(ProcessorMixin):
     def window_samples(self) -> int:
         return self.feature_extractor.n_samples
 
-    def load_audio(self, source) -> np.ndarray:
-        """Decode one audio item (path, URL, bytes, array, dict, AudioDecoder) to 16 kHz mono float32."""
-        return load_audio(source, sampling_rate=self.feature_extractor.sampling_rate)
+    def source_policy(self, audio_policy: "dict | AudioSourcePolicy | None" = None) -> AudioSourcePolicy:
+        """The audio source policy in force: this processor's, updated by a per-call `audio_policy`."""
+        if isinstance(audio_policy, AudioSourcePolicy):
+            return audio_policy
+        if hasattr(audio_policy, "to_dict"):  # a policy made by another copy of this code (installed vs remote)
+            audio_policy = audio_policy.to_dict()
+        return AudioSourcePolicy.for_input(self.trusted_input, {**(self.audio_policy or {}), **(audio_policy or {})})
+
+    def load_audio(self, source, audio_policy: "dict | AudioSourcePolicy | None" = None) -> np.ndarray:
+        """Decode one audio item (path, URL, bytes, array, dict, AudioDecoder) to 16 kHz mono float32, within
+        the audio source policy and `max_audio_seconds` (checked before the clip is decoded in full)."""
+        return load_audio(
+            source,
+            sampling_rate=self.feature_extractor.sampling_rate,
+            max_seconds=self.max_audio_seconds,
+            policy=self.source_policy(audio_policy),
+        )
 
     def num_windows(self, waveform: np.ndarray) -> int:
         """How many 30 s windows a clip spans; clips over `max_audio_seconds` raise instead of being cut."""
@@ -173,6 +193,11 @@ class DestaProcessor(ProcessorMixin):
             if token_id != self.audio_token_id:
                 expanded.append(token_id)
                 continue
+            if audio_index >= len(window_counts):
+                raise ValueError(
+                    f"The text holds more audio placeholders ({self.audio_token!r}) than the {len(window_counts)} "
+                    "audio clips given."
+                )
             expanded.extend([token_id] * (self.num_audio_queries * window_counts[audio_index]))
             expanded.extend(self._transcript_ids(transcripts[audio_index]))
             audio_index += 1
@@ -183,11 +208,7 @@ class DestaProcessor(ProcessorMixin):
         text: str | list[str] | None = None,
         audio=None,
         transcripts: list[str | None] | None = None,
-        padding: bool | str = True,
-        padding_side: str = "left",
-        add_special_tokens: bool = True,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
         """Tokenize `text` whose audio positions are marked by `audio_token` (one per clip, in order).
 
@@ -196,14 +217,16 @@ class DestaProcessor(ProcessorMixin):
         """
         if text is None:
             raise ValueError("DestaProcessor needs `text`; audio goes where `audio_token` appears in it.")
+        audio_policy = kwargs.pop("audio_policy", None)
+        output_kwargs = self._merge_kwargs(**kwargs)
         texts = [text] if isinstance(text, str) else list(text)
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
         self._check_audio_count(texts, audios, transcripts)
-        features, window_counts = self.extract_features([self.load_audio(a) for a in audios]) if audios else (None, [])
-        encoded = self.encode_text(
-            texts, window_counts, transcripts, padding, padding_side, add_special_tokens, return_tensors, **kwargs
-        )
+        sampling_rate = output_kwargs["audio_kwargs"].get("sampling_rate")
+        waveforms = [self.load_audio(_with_sampling_rate(a, sampling_rate), audio_policy) for a in audios]
+        features, window_counts = self.extract_features(waveforms) if audios else (None, [])
+        encoded = self._encode(texts, window_counts, transcripts, output_kwargs["text_kwargs"])
         if features is not None:
             encoded["input_features"] = features
         return encoded
@@ -213,24 +236,53 @@ class DestaProcessor(ProcessorMixin):
         texts: list[str],
         window_counts: list[int],
         transcripts: list[str | None],
-        padding: bool | str = True,
-        padding_side: str = "left",
-        add_special_tokens: bool = False,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Unpack[ProcessingKwargs],
     ) -> BatchFeature:
-        """Token ids for `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i."""
-        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
-        encoded = self.tokenizer(
-            [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
-        )
-        input_ids = self._expand_batch(encoded["input_ids"], window_counts, transcripts)
+        """Token ids for rendered `texts` whose audio tokens expand to `window_counts[i]` x queries + transcript i.
+
+        Text kwargs as for `__call__`, except that special tokens are not added by default (rendered chats have
+        them already).
+        """
+        kwargs.setdefault("add_special_tokens", False)
+        return self._encode(texts, window_counts, transcripts, self._merge_kwargs(**kwargs)["text_kwargs"])
+
+    def _encode(
+        self, texts: list[str], window_counts: list[int], transcripts: list[str | None], text_kwargs: dict
+    ) -> BatchFeature:
+        options = dict(text_kwargs)
+        unsupported = sorted(k for k, v in options.items() if k not in SUPPORTED_TEXT_KWARGS and v not in (None, False))
+        if unsupported:
+            raise ValueError(f"DestaProcessor does not support the text kwargs {unsupported}.")
+        return_tensors = options.get("return_tensors")
+        prompt_ids = self.tokenize_prompts(texts, options.get("add_special_tokens", True))
+        input_ids = self._expand_batch(prompt_ids, window_counts, transcripts)
+        input_ids = [self._truncate(ids, options.get("truncation"), options.get("max_length")) for ids in input_ids]
+        padding = options.get("padding", True)
         padded = self.tokenizer.pad(
-            {"input_ids": input_ids}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
+            {"input_ids": input_ids},
+            padding=padding,
+            max_length=options.get("max_length") if padding == "max_length" else None,
+            pad_to_multiple_of=options.get("pad_to_multiple_of"),
+            padding_side=options.get("padding_side"),
+            return_attention_mask=options.get("return_attention_mask"),
         )
-        return BatchFeature(
-            {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}, tensor_type=return_tensors
-        )
+        return BatchFeature(dict(padded), tensor_type=return_tensors)
+
+    def _truncate(self, ids: list[int], truncation, max_length: int | None) -> list[int]:
+        """Cut `ids` to `max_length` on the tokenizer's truncation side; never through an audio span."""
+        if truncation in (None, False, "do_not_truncate"):
+            return ids
+        max_length = self.tokenizer.model_max_length if max_length is None else max_length
+        if len(ids) <= max_length:
+            return ids
+        keep_left = self.tokenizer.truncation_side != "left"
+        kept, dropped = (ids[:max_length], ids[max_length:]) if keep_left else (ids[-max_length:], ids[:-max_length])
+        if self.audio_token_id in dropped:
+            raise ValueError(
+                f"Truncating a sequence of {len(ids)} tokens to max_length={max_length} would cut into its audio "
+                f"placeholders ({ids.count(self.audio_token_id)} of them); raise max_length or shorten the text."
+            )
+        return kept
 
     def _expand_batch(self, batch_ids, window_counts, transcripts) -> list[list[int]]:
         expanded, offset = [], 0
@@ -245,7 +297,7 @@ class DestaProcessor(ProcessorMixin):
         return expanded
 
     def _check_audio_count(self, texts: list[str], audios: list, transcripts: list) -> None:
-        markers = sum(t.count(self.audio_token) for t in texts)
+        markers = sum(FENCED_SPAN.sub("", t).count(self.audio_token) for t in texts)
         if markers != len(audios):
             raise ValueError(
                 f"The text holds {markers} audio placeholders ({self.audio_token!r}) but {len(audios)} audio clips "
@@ -255,17 +307,25 @@ class DestaProcessor(ProcessorMixin):
             raise ValueError(f"Got {len(transcripts)} transcripts for {len(audios)} audio clips.")
 
     # ------------------------------------------------------------------ chat
-    def render_conversation(self, conversation: list[dict], add_generation_prompt: bool = True, **template_kwargs):
+    def render_conversation(
+        self,
+        conversation: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        **template_kwargs,
+    ):
         """(prompt text with one `audio_token` per audio, the audio items in order).
 
         Content is either a list of `{"type": "text"|"audio", ...}` items (joined with a blank line), or the
         reference / DeSTA-AQA5M format: a string with `<|AUDIO|>` locators plus an `audios` list of
-        `{"audio": path, "text": transcript}`, kept verbatim.
+        `{"audio": path, "text": transcript}`, kept verbatim. Special-token strings typed in message text are
+        fenced as inert text (`make_inert`); keep the returned text for `encode_text` / `__call__`. `chat_template`
+        is a template or a template's name (default: the processor's); other kwargs (`tools`,
+        `continue_final_message` ...) go to the template.
         """
         messages, audio_items = [], []
-        for message in conversation:
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise ValueError(f"Each message needs 'role' and 'content'; got {message!r}.")
+        for index, message in enumerate(conversation):
+            check_message(message, index)
             if isinstance(message["content"], str):
                 text, items = self._render_reference_content(message["content"], message.get("audios") or [])
             else:
@@ -276,7 +336,7 @@ class DestaProcessor(ProcessorMixin):
             messages.insert(0, {"role": "system", "content": self.default_system_prompt})
         text = self.tokenizer.apply_chat_template(
             messages,
-            chat_template=self.chat_template,
+            chat_template=self._resolve_chat_template(chat_template),
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             **template_kwargs,
@@ -293,7 +353,10 @@ class DestaProcessor(ProcessorMixin):
                 parts.append(self.audio_token)
                 audio_items.append(item)
             else:
-                parts.append(item.get("text") or "")
+                text = item.get("text")
+                if text is not None and not isinstance(text, str):
+                    raise ValueError(f"A text item's 'text' must be a string; got {type(text).__name__}: {item!r}.")
+                parts.append(self.make_inert(text or ""))
         return CONTENT_JOINER.join(parts), audio_items
 
     def _render_reference_content(self, content: str, audios: list[dict]) -> tuple[str, list[dict]]:
@@ -306,43 +369,86 @@ class DestaProcessor(ProcessorMixin):
             {"type": "audio", "path": entry.get("audio", entry.get("path")), "transcript": entry.get("text")}
             for entry in audios
         ]
-        return content.replace(REFERENCE_AUDIO_LOCATOR, self.audio_token), items
+        pieces = [self.make_inert(piece) for piece in content.split(REFERENCE_AUDIO_LOCATOR)]
+        return self.audio_token.join(pieces), items
 
     def apply_chat_template(
         self,
         conversation: list[dict] | list[list[dict]],
-        add_generation_prompt: bool = True,
-        tokenize: bool = True,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
-        padding_side: str = "left",
-        return_dict: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict] | None = None,
+        documents: list[dict[str, str]] | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool | str = False,
+        return_assistant_tokens_mask: bool = False,
+        tokenize: bool = False,
+        return_tensors: str | None = "auto",
+        return_dict: bool = False,
+        load_audio_from_video: bool = False,
         processor_kwargs: dict | None = None,
-        **template_kwargs,
+        sanitize_control_tokens: bool = False,
+        **kwargs,
     ):
-        """Render one conversation or a batch of them and, with `tokenize=True`, encode text and audio.
+        """`ProcessorMixin.apply_chat_template`, same signature and defaults, for chats with audio.
 
-        Audio items are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`.
-        Extra keyword arguments (e.g. `continue_final_message`) go to the chat template. The result is always
-        a dict-like `BatchFeature`; `return_dict` exists for the `any-to-any` pipeline's calling convention.
+        The usual call: `processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+        return_dict=True)` gives `input_ids`, `attention_mask` and `input_features` for one chat or a list of them
+        (left-padded). Chats are lists of dicts or of message objects (dataclasses, pydantic models). Audio items
+        are `{"type": "audio", "path"|"audio"|"url"|"array": ..., "transcript": optional}`, read within the
+        processor's audio source policy (`audio_policy=` overrides it for this call). `processor_kwargs` go to
+        `__call__` (`padding`, `max_length` ...); other kwargs are template variables.
         """
-        single = _is_single_conversation(conversation)
-        conversations = [conversation] if single else list(conversation)
-        rendered = [self.render_conversation(c, add_generation_prompt, **template_kwargs) for c in conversations]
+        audio_policy = kwargs.pop("audio_policy", None)
+        unsupported = {
+            "return_assistant_tokens_mask": return_assistant_tokens_mask,
+            "load_audio_from_video": load_audio_from_video,
+            "sanitize_control_tokens": sanitize_control_tokens,
+        }
+        if any(unsupported.values()):
+            raise ValueError(
+                f"DestaProcessor.apply_chat_template does not support {[k for k, v in unsupported.items() if v]}."
+            )
+        chat_template = self._resolve_chat_template(chat_template)
+        processor_kwargs = self._prepare_processor_kwargs(
+            chat_template,
+            dict(processor_kwargs or {}),
+            kwargs,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            return_assistant_tokens_mask=False,
+        )
+        template_kwargs = {key: value for key, value in kwargs.items() if key not in processor_kwargs}
+        conversations, is_batched = self._normalize_conversations(checked_messages(conversation))
+        rendered = [
+            self.render_conversation(
+                c,
+                add_generation_prompt,
+                chat_template=chat_template,
+                tools=tools,
+                documents=documents,
+                continue_final_message=continue_final_message,
+                **template_kwargs,
+            )
+            for c in conversations
+        ]
         texts = [text for text, _ in rendered]
         if not tokenize:
-            return texts[0] if single else texts
+            texts = [self.visible_text(text) for text in texts]
+            return texts if is_batched else texts[0]
+        bos = self.tokenizer.bos_token
+        if bos is not None and texts[0].startswith(bos):
+            processor_kwargs.setdefault("add_special_tokens", False)  # the template wrote it, as in the mixin
+        if return_tensors != "auto":
+            processor_kwargs["return_tensors"] = return_tensors
         items = [item for _, row_items in rendered for item in row_items]
-        return self(
+        encoded = self(
             text=texts,
             audio=[audio_source(item) for item in items],
             transcripts=[item.get("transcript") for item in items],
-            padding=padding,
-            padding_side=padding_side,
-            add_special_tokens=False,
-            return_tensors=return_tensors,
-            **(processor_kwargs or {}),
+            **processor_kwargs,
+            **({"audio_policy": audio_policy} if audio_policy is not None else {}),
         )
+        return encoded if return_dict else encoded["input_ids"]
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -351,19 +457,18 @@ class DestaProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
-def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
-    """Whisper's tokenizer from `path` (or its `subfolder`), or None where there is none."""
-    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
-    try:
-        return AutoTokenizer.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _is_single_conversation(conversation) -> bool:
-    return bool(conversation) and isinstance(conversation[0], dict)
+def _with_sampling_rate(audio, sampling_rate: int | None):
+    """A bare array at `sampling_rate` as the `{"array", "sampling_rate"}` dict `load_audio` resamples from."""
+    if sampling_rate is not None and isinstance(audio, (np.ndarray, torch.Tensor)):
+        return {"array": audio, "sampling_rate": sampling_rate}
+    return audio
 
 
 DestaProcessor.register_for_auto_class()
+# `AutoProcessor` finds the class by the name a release-format config gives (`processor_class`) among registered
+# processors; the model half owns the config classes, so the processor registers under their model types (pip
+# users of this package then get the installed class without trust_remote_code).
+AutoProcessor.register("desta", DestaProcessor, exist_ok=True)
+AutoProcessor.register(RELEASE_MODEL_TYPE, DestaProcessor, exist_ok=True)
 
 __all__ = ["AUDIO_SOURCE_KEYS", "DestaProcessor", "DEFAULT_SYSTEM_PROMPT", "audio_source"]

@@ -264,7 +264,7 @@ def test_messages_round_trip_through_the_desta_processor(
     processor = processing_desta.DestaProcessor.from_components(llm_dir, whisper_dir, num_audio_queries=8)
     monkeypatch.chdir(corpus)  # audio paths are relative to the audio folder
     chat = [*record["messages"], {"role": "assistant", "content": [{"type": "text", "text": record["response"]}]}]
-    inputs = processor.apply_chat_template(chat, add_generation_prompt=False)
+    inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
     text = processor.decode(inputs["input_ids"][0])
     audio_span = f"<start_audio>{processor.audio_token * 8}hello world<end_audio>"
     assert "Focus on the audio clips and instructions.<|eot_id|>" in text

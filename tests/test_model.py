@@ -112,7 +112,7 @@ def test_text_only_logits_equal_base_llm(tiny_parts, llm_dir):
     model, processor = tiny_parts
     base = AutoModelForCausalLM.from_pretrained(llm_dir).eval()
     conversation = [{"role": "user", "content": [{"type": "text", "text": "Hello world, what is this?"}]}]
-    inputs = processor.apply_chat_template(conversation)
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
     expected_ids = processor.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hello world, what is this?"}], add_generation_prompt=True, tokenize=True
     )
@@ -149,14 +149,16 @@ def test_batched_equals_one_by_one(tiny_parts, audio_dir):
         _conversation(audio_dir / "long_45s.wav", "Describe the sound in a few words, please, with detail."),
         _conversation(audio_dir / "tone.wav", "Tone?", "a"),
     ]
-    batch = processor.apply_chat_template(conversations)
+    batch = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert batch["input_features"].shape[0] == 4  # the 45 s clip spans two windows
     with torch.no_grad():
         batched_logits = model(**batch).logits
         batched_generation = model.generate(**batch, max_new_tokens=5, do_sample=False)
     width = batch["input_ids"].shape[1]
     for row, conversation in enumerate(conversations):
-        single = processor.apply_chat_template(conversation)
+        single = processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
         length = single["input_ids"].shape[1]
         assert torch.equal(batch["input_ids"][row, width - length :], single["input_ids"][0])
         with torch.no_grad():
@@ -181,7 +183,10 @@ def test_generate_runs_audio_encoder_once(sampling, tiny_parts, audio_dir):
     processor = tiny_parts[1]
     counter = EncoderCounter(model)
     inputs = processor.apply_chat_template(
-        [_conversation(audio_dir / "hello.wav", "What?"), _conversation(audio_dir / "tone.wav", "Which?")]
+        [_conversation(audio_dir / "hello.wav", "What?"), _conversation(audio_dir / "tone.wav", "Which?")],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
     )
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=sampling, top_k=50)
@@ -191,11 +196,16 @@ def test_generate_runs_audio_encoder_once(sampling, tiny_parts, audio_dir):
 
 def test_placeholder_count_mismatch_raises(tiny_parts, audio_dir):
     model, processor = tiny_parts
-    inputs = processor.apply_chat_template(_conversation(audio_dir / "hello.wav", "What?"))
+    inputs = processor.apply_chat_template(
+        _conversation(audio_dir / "hello.wav", "What?"), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     with pytest.raises(ValueError, match=r"holds 8 audio placeholder tokens .* gives 16 vectors"):
         model(input_ids=inputs["input_ids"], input_features=random_features(2))
-    with pytest.raises(ValueError, match="no input_features were given"):
-        model(input_ids=inputs["input_ids"])
+    # Audio given, no placeholders: the count check still applies (placeholders without audio are plain text,
+    # see tests/test_model_contract.py).
+    text_only = inputs["input_ids"][inputs["input_ids"] != processor.audio_token_id][None]
+    with pytest.raises(ValueError, match=r"holds 0 audio placeholder tokens .* gives 8 vectors"):
+        model(input_ids=text_only, input_features=random_features(1))
 
 
 def test_from_components_copies_whisper_and_llm_weights(tiny_parts, llm_dir, whisper_dir):
@@ -273,7 +283,12 @@ def test_any_causal_lm_backbone(tmp_path, tokenizer_dir, whisper_dir, audio_dir)
     assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as in the source
     # Loaded for a Qwen2 config, the tokenizer gains Qwen's default `<|endoftext|>`, so embeddings grow by one.
     assert len(processor.tokenizer) == len(tokenizer) + 1 == model.config.text_config.vocab_size
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hello"}]}])
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
     with torch.no_grad():
         assert torch.equal(model(**text).logits[..., : len(tokenizer)], qwen(**text).logits)
         with_audio = processor.apply_chat_template(
@@ -282,7 +297,10 @@ def test_any_causal_lm_backbone(tmp_path, tokenizer_dir, whisper_dir, audio_dir)
                     "role": "user",
                     "content": [{"type": "audio", "path": str(audio_dir / "tone.wav")}, {"type": "text", "text": "Hi"}],
                 }
-            ]
+            ],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
         )
         assert (
             model.generate(**with_audio, max_new_tokens=3, do_sample=False).shape[1]

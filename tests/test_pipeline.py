@@ -50,14 +50,17 @@ def clips(tmp_path_factory, audio_dir):
 
 
 class Recorder:
-    """Counts Whisper encoder passes (conv1 calls) and windows, and the audio placeholders given to generate."""
+    """Counts Whisper encoder passes (conv1 calls) and windows, Whisper decoder runs (ASR) and the audio
+    placeholders given to generate."""
 
     def __init__(self, pipe):
         self.encoder_calls, self.encoder_windows, self.final_layer_calls, self.placeholders = 0, 0, 0, []
+        self.decoder_calls = 0
         encoder = pipe.model.model.audio_tower.get_encoder()
         self.handles = [
             encoder.conv1.register_forward_hook(self._on_encoder),
             encoder.layer_norm.register_forward_hook(self._on_final_layer),
+            pipe.model.model.audio_tower.get_decoder().register_forward_hook(self._on_decoder),
         ]
         self.pipe, self.original_generate = pipe, pipe.model.generate
         pipe.model.generate = self._generate
@@ -68,6 +71,9 @@ class Recorder:
 
     def _on_final_layer(self, *_):
         self.final_layer_calls += 1
+
+    def _on_decoder(self, *_):
+        self.decoder_calls += 1
 
     def _generate(self, **kwargs):
         self.placeholders.append((kwargs["input_ids"] == self.pipe.model.config.audio_token_id).sum(dim=1).tolist())
@@ -97,6 +103,7 @@ def test_speech_is_transcribed_on_the_connector_encoder_pass(pipe, clips, record
     assert isinstance(result["generated_text"], str)
     assert recorder.encoder_calls == 1 and recorder.encoder_windows == 1
     assert recorder.final_layer_calls == 1  # one full pass served both the connector and ASR
+    assert recorder.decoder_calls > 0  # ASR ran (what test_user_transcript_skips_asr counts)
 
 
 def test_tone_and_silence_get_empty_transcripts(pipe, clips):
@@ -112,7 +119,8 @@ def test_user_transcript_skips_asr(pipe, clips, recorder):
     ]
     result = pipe(conversation, max_new_tokens=2)
     assert result["transcripts"] == ["given text"]
-    assert recorder.final_layer_calls == 0  # no ASR: the encoder's final norm (what ASR reads) never ran
+    assert recorder.decoder_calls == 0  # no ASR: Whisper's decoder never ran
+    assert recorder.encoder_calls == 1
 
 
 def test_array_input_and_45_second_clip(pipe, clips, recorder):
@@ -200,7 +208,7 @@ def test_streaming_with_text_iterator_streamer(pipe, clips):
             ],
         }
     ]
-    inputs = processor.apply_chat_template(conversation)
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
     expected = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected_text = processor.tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)

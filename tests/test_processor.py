@@ -23,8 +23,10 @@ def test_audio_expands_to_markers_placeholders_and_transcript(tiny_parts, audio_
             {"type": "text", "text": "What?"},
         ]
     )
-    ids = processor.apply_chat_template(conversation)["input_ids"][0].tolist()
-    rendered = processor.apply_chat_template(conversation, tokenize=False)
+    ids = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ][0].tolist()
+    rendered = processor.apply_chat_template(conversation, add_generation_prompt=True)
     before, after = rendered.split(processor.audio_token)
     expected = (
         tokenizer(before + "<start_audio>", add_special_tokens=False).input_ids
@@ -38,7 +40,12 @@ def test_audio_expands_to_markers_placeholders_and_transcript(tiny_parts, audio_
 
 def test_long_audio_gets_one_block_of_queries_per_window(tiny_parts, audio_dir):
     _, processor = tiny_parts
-    inputs = processor.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]))
+    inputs = processor.apply_chat_template(
+        _user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
     assert inputs["input_features"].shape == (2, 80, 3000)
     assert int((inputs["input_ids"] == processor.audio_token_id).sum()) == 2 * processor.num_audio_queries
     # The second window holds the last 15 s of the clip, not padding only: nothing is cut.
@@ -53,7 +60,12 @@ def test_audio_over_the_maximum_raises(tiny_parts, audio_dir):
         processor.feature_extractor, processor.tokenizer, audio_token=processor.audio_token, max_audio_seconds=40
     )
     with pytest.raises(ValueError, match=r"lasts 45.0 s, over max_audio_seconds=40"):
-        strict.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]))
+        strict.apply_chat_template(
+            _user([{"type": "audio", "path": str(audio_dir / "long_45s.wav")}]),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )
 
 
 def test_transcript_cap(tiny_parts, audio_dir):
@@ -67,8 +79,12 @@ def test_transcript_cap(tiny_parts, audio_dir):
     )
     transcript = "one two three four five six seven eight nine ten"
     conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": transcript}])
-    full = processor.apply_chat_template(conversation)["input_ids"].shape[1]
-    short = capped.apply_chat_template(conversation)["input_ids"].shape[1]
+    full = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ].shape[1]
+    short = capped.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ].shape[1]
     assert full - short == len(processor.tokenizer(transcript, add_special_tokens=False).input_ids) - 3
 
 
@@ -81,7 +97,10 @@ def test_reference_message_format_matches_list_format(tiny_parts, audio_dir):
     ours = _user(
         [{"type": "audio", "path": path, "transcript": "hello world"}, {"type": "text", "text": "What is said?"}]
     )
-    a, b = processor.apply_chat_template(reference), processor.apply_chat_template(ours)
+    a, b = (
+        processor.apply_chat_template(reference, add_generation_prompt=True, tokenize=True, return_dict=True),
+        processor.apply_chat_template(ours, add_generation_prompt=True, tokenize=True, return_dict=True),
+    )
     assert torch.equal(a["input_ids"], b["input_ids"])
     assert torch.equal(a["input_features"], b["input_features"])
 
@@ -95,7 +114,12 @@ def test_audio_sources_are_equivalent(tiny_parts, audio_dir):
         {"type": "audio", "audio": path.read_bytes()},
         {"type": "audio", "array": array, "sampling_rate": rate},
     ]
-    features = [processor.apply_chat_template(_user([s]))["input_features"] for s in sources]
+    features = [
+        processor.apply_chat_template(_user([s]), add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_features"
+        ]
+        for s in sources
+    ]
     for other in features[1:]:
         torch.testing.assert_close(features[0], other, rtol=0, atol=1e-4)
 
@@ -129,7 +153,12 @@ def test_stereo_and_8khz_are_converted_not_rejected(audio_dir):
 def test_bad_audio_files_raise_clear_errors(tiny_parts, audio_dir, name, error, message):
     _, processor = tiny_parts
     with pytest.raises(error, match=message):
-        processor.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / name)}]))
+        processor.apply_chat_template(
+            _user([{"type": "audio", "path": str(audio_dir / name)}]),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )
 
 
 def test_audio_count_must_match_placeholders(tiny_parts, audio_dir):
@@ -139,9 +168,11 @@ def test_audio_count_must_match_placeholders(tiny_parts, audio_dir):
         processor(text=text, audio=[str(audio_dir / "tone.wav")])
     reference = [{"role": "user", "content": "<|AUDIO|> <|AUDIO|>", "audios": [{"audio": "x.wav"}]}]
     with pytest.raises(ValueError, match="marks 2 audios .* lists 1"):
-        processor.apply_chat_template(reference)
+        processor.apply_chat_template(reference, add_generation_prompt=True, tokenize=True, return_dict=True)
     with pytest.raises(ValueError, match="needs one of"):
-        processor.apply_chat_template(_user([{"type": "audio"}]))
+        processor.apply_chat_template(
+            _user([{"type": "audio"}]), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
 
 
 def test_text_only_call_is_plain_tokenization(tiny_parts):
@@ -178,8 +209,12 @@ def test_empty_transcript_stand_in(tiny_parts, audio_dir):
         empty_transcript=" ",
     )
     conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": ""}])
-    ours = processor.apply_chat_template(conversation)["input_ids"][0].tolist()
-    release = like_release.apply_chat_template(conversation)["input_ids"][0].tolist()
+    ours = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ][0].tolist()
+    release = like_release.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"][0].tolist()
     space = processor.tokenizer(" ", add_special_tokens=False).input_ids
     last_placeholder = max(i for i, t in enumerate(ours) if t == processor.audio_token_id)
     assert release == ours[: last_placeholder + 1] + space + ours[last_placeholder + 1 :]
@@ -198,8 +233,15 @@ def test_audio_from_a_url(audio_dir, tiny_parts):
         url = f"http://127.0.0.1:{server.server_address[1]}/hello.wav"
         np.testing.assert_array_equal(load_audio(url), load_audio(audio_dir / "hello.wav"))
         _, processor = tiny_parts
-        by_url = processor.apply_chat_template(_user([{"type": "audio", "url": url}]))
-        by_path = processor.apply_chat_template(_user([{"type": "audio", "path": str(audio_dir / "hello.wav")}]))
+        by_url = processor.apply_chat_template(
+            _user([{"type": "audio", "url": url}]), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        by_path = processor.apply_chat_template(
+            _user([{"type": "audio", "path": str(audio_dir / "hello.wav")}]),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )
         assert torch.equal(by_url["input_features"], by_path["input_features"])
     finally:
         server.shutdown()

@@ -18,7 +18,7 @@ def _inputs(processor, audio_dir):
             ],
         }
     ]
-    return processor.apply_chat_template(conversation)
+    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
 
 
 def test_save_load_gives_identical_logits(saved_model_dir, tiny_parts, audio_dir):
@@ -53,7 +53,7 @@ def test_remote_code_loads_in_clean_process(saved_model_dir, tiny_parts, audio_d
         folder = {str(saved_model_dir)!r}
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
         conversation = [{{"role": "user", "content": [{{"type": "audio", "path": {str(audio_dir / "hello.wav")!r}, "transcript": "hello"}}, {{"type": "text", "text": "What?"}}]}}]
-        inputs = processor.apply_chat_template(conversation)
+        inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
         expected = torch.load("expected.pt")
         for auto_class in (AutoModel, AutoModelForCausalLM):
             model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()

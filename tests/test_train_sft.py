@@ -428,7 +428,7 @@ def classify(model, processor, path: Path) -> str:
     conversation = [
         {"role": "user", "content": [{"type": "audio", "path": str(path)}, {"type": "text", "text": INSTRUCTION}]}
     ]
-    inputs = processor.apply_chat_template(conversation)
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
     output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
@@ -681,7 +681,7 @@ def test_trained_folder_loads_with_remote_code_alone_and_generates(ddp_run, audi
         processor = AutoProcessor.from_pretrained({str(ddp_run)!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         conversation = [{{"role": "user", "content": [{{"type": "audio", "path": {str(audio_dir / "hello.wav")!r}}}, {{"type": "text", "text": "What?"}}]}}]
-        inputs = processor.apply_chat_template(conversation)
+        inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
         output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         assert output.shape[1] > inputs["input_ids"].shape[1]
         print("generated", output.shape[1] - inputs["input_ids"].shape[1])

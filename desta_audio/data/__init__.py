@@ -4,7 +4,7 @@ from .builder import BuildOptions, BuildSummary, build, log_summary
 from .descriptions import load_instructions, seed_description
 from .engines import ResponseGenerator, TransformersGenerator, VLLMGenerator, WhisperTranscriber
 from .sources import SourceColumns, dataset_source, folder_source
-from .store import merge_records
+from .store import BuildLockedError, merge_records
 
 __all__ = [
     "BuildOptions",
@@ -20,5 +20,6 @@ __all__ = [
     "load_instructions",
     "log_summary",
     "merge_records",
+    "BuildLockedError",
     "seed_description",
 ]

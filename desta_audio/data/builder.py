@@ -23,7 +23,7 @@ from ..common import JsonlWriter, chunks, write_json_atomic
 from .descriptions import generation_messages, pick_instruction, row_random
 from .engines import ResponseGenerator, WhisperTranscriber
 from .sources import BadRow, PreparedRow, SourceColumns, check_columns, make_record, prepare_row
-from .store import finished_ids, shard_file, summary_file
+from .store import ShardLock, check_build_settings, finished_ids, shard_file, summary_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class BuildOptions:
     shard_index: int = 0
     require_transcript: bool = False
     progress: bool = True
+    settings: dict[str, Any] | None = None  # what shapes the records; checked against the folder's, see store
+    force: bool = False
 
 
 def duplicate_indices(ids: Sequence[str | None]) -> set[int]:
@@ -129,9 +131,19 @@ def build(
     options: BuildOptions,
     transcriber: WhisperTranscriber | None = None,
 ) -> BuildSummary:
-    """Generate records for this shard's rows that are not written yet; write summary(.json) even when interrupted."""
+    """Generate records for this shard's rows that are not written yet; write summary(.json) even when interrupted.
+
+    Holds this shard's lock throughout, and refuses a folder built with other `options.settings` (unless `force`).
+    """
     if not 0 <= options.shard_index < options.num_shards:
         raise ValueError(f"--shard-index must be in [0, {options.num_shards}); got {options.shard_index}")
+    with ShardLock(options.output_dir, options.shard_index, options.num_shards):
+        if options.settings is not None:
+            check_build_settings(options.output_dir, options.settings, options.force)
+        return _build_shard(source, columns, generator, options, transcriber)
+
+
+def _build_shard(source, columns, generator, options: BuildOptions, transcriber) -> BuildSummary:
     check_columns(source, columns)
     started = time.perf_counter()
     ids = source.ids(columns)

@@ -4,17 +4,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..common import BUILD_DATASET_SUBDIR, BUILD_RECORDS_SUBDIR, read_jsonl
+from ..common import BUILD_DATASET_SUBDIR, BUILD_RECORDS_SUBDIR, read_jsonl, write_json_atomic
 from .descriptions import record_features
 
 logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "build_settings.json"
+
+
+class BuildLockedError(RuntimeError):
+    """Another process is building the same shard into the same folder."""
 
 
 def records_dir(output_dir: str | Path) -> Path:
@@ -62,8 +70,103 @@ def merge_records(output_dir: str | Path):
             )
         else:
             dataset = datasets.Dataset.from_list([], features=record_features())
-        if target.exists():
-            shutil.rmtree(target)
-        dataset.save_to_disk(str(target))
+        fresh = output_dir / f".{BUILD_DATASET_SUBDIR}.new-{os.getpid()}"
+        dataset.save_to_disk(str(fresh))
+    swap_in(fresh, target)
     logger.info("merged %d records from %d file(s) into %s", len(dataset), len(files), target)
     return datasets.load_from_disk(str(target))
+
+
+def swap_in(fresh: Path, target: Path) -> None:
+    """Replace `target` by the fully written `fresh` folder: the old one is removed only after the new is in place."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(fresh, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- settings fingerprint and locks
+def check_build_settings(output_dir: str | Path, settings: dict[str, Any], force: bool = False) -> None:
+    """Record the settings that shape the records; refuse to add to a folder built with other ones (or `force`).
+
+    Resuming with another seed, model, prompt pool or column mapping would silently mix two datasets in one.
+    """
+    path = Path(output_dir) / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings, default=str))
+    with _FileLock(path.with_suffix(".lock")):  # shards starting together see one settings file
+        _compare_and_record(path, settings, force)
+
+
+def _compare_and_record(path: Path, settings: dict[str, Any], force: bool) -> None:
+    output_dir = path.parent
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = {
+            key: {"saved": saved.get(key), "now": settings.get(key)} for key in sorted(set(saved) | set(settings))
+        }
+        changed = {key: value for key, value in changed.items() if value["saved"] != value["now"]}
+        if changed and not force:
+            raise ValueError(
+                f"{output_dir} holds records built with other settings ({path.name}): {changed}. Resume with the "
+                "same settings, use another --output-dir, or pass --force to mix them anyway."
+            )
+        if changed:
+            logger.warning("--force: adding records built with other settings to %s: %s", output_dir, changed)
+    elif record_files(output_dir):
+        logger.warning("%s has records but no %s (an older run); recording the current settings", output_dir, path.name)
+    write_json_atomic(path, settings)
+
+
+class _FileLock:
+    """An exclusive `flock` on a file, released on exit (and by the OS when the process dies, even on kill -9).
+
+    `blocking=False` raises `BlockingIOError` at once when another process holds it.
+    """
+
+    def __init__(self, path: Path, blocking: bool = True):
+        self.path = path
+        self.blocking = blocking
+        self.handle = None
+
+    def acquire(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        except BaseException:
+            handle.close()
+            raise
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+class ShardLock(_FileLock):
+    """An exclusive, non-blocking lock on one shard of an output folder: a second builder of it fails clearly."""
+
+    def __init__(self, output_dir: str | Path, shard_index: int, num_shards: int):
+        super().__init__(shard_file(output_dir, shard_index, num_shards).with_suffix(".lock"), blocking=False)
+        self.shard = f"shard {shard_index}/{num_shards}"
+
+    def acquire(self) -> ShardLock:
+        try:
+            return super().acquire()
+        except BlockingIOError:
+            raise BuildLockedError(
+                f"another process is building {self.shard} into {self.path.parent.parent} (lock {self.path}); "
+                "wait for it, or run a different --shard-index"
+            ) from None

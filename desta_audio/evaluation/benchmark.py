@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..common import JsonlWriter, chunks, load_pipeline
+from ..common import JsonlWriter, chunks, load_pipeline, write_jsonl_atomic
 from .data import (
     BenchmarkColumns,
     EvalItem,
@@ -21,6 +21,7 @@ from .data import (
     build_items,
     check_audio_files,
     detect_format,
+    item_fingerprint,
     load_records,
     prediction_record,
     resolve_system_prompt,
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("mcq", "open", "asr")
 BENCHMARK_MAX_NEW_TOKENS = 512  # the reference's MMAU setting
 PREDICTIONS_FILE = "predictions.jsonl"
+STALE_PREDICTIONS_FILE = "predictions.stale.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 
 
@@ -48,6 +50,27 @@ def check_run_config(output_dir: Path, config: dict) -> None:
                 f"folder, or delete {RUN_CONFIG_FILE} there if mixing is intended."
             )
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def current_predictions(predictions_path: Path, items: Sequence[EvalItem]) -> set[str]:
+    """Ids answered for the items as they are now. Predictions made for an item whose question, choices, answer
+    or audio have changed since (e.g. a fixed answer key) move to predictions.stale.jsonl and are asked again."""
+    fingerprints = {item.id: item_fingerprint(item) for item in items}
+    saved = read_predictions(predictions_path)
+    stale = [r for r in saved if r["id"] in fingerprints and r.get("item_sha256") != fingerprints[r["id"]]]
+    if stale:
+        logger.warning(
+            "%d saved prediction(s) in %s were made for other data (answer key, question, choices or audio changed); "
+            "asking them again (old ones kept in %s)",
+            len(stale),
+            predictions_path,
+            STALE_PREDICTIONS_FILE,
+        )
+        with JsonlWriter(predictions_path.with_name(STALE_PREDICTIONS_FILE)) as sink:
+            sink.write(stale)
+        stale_ids = {r["id"] for r in stale}
+        write_jsonl_atomic(predictions_path, [r for r in saved if r["id"] not in stale_ids])
+    return {r["id"] for r in saved if fingerprints.get(r["id"]) == r.get("item_sha256")}
 
 
 def run_benchmark(
@@ -83,7 +106,7 @@ def run_benchmark(
             "no_asr": no_asr,
         },
     )
-    done = {record["id"] for record in read_predictions(predictions_path)}
+    done = current_predictions(predictions_path, items)
     todo = [item for item in items if item.id not in done]
     if done:
         logger.info(

@@ -4,6 +4,7 @@ are asked in the reference's prompt format.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,15 +65,39 @@ def load_records(
         path = Path(data_file)
         if not path.exists():
             raise FileNotFoundError(f"data file not found: {path}")
-        if path.suffix.lower() == ".jsonl":
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = json.loads(path.read_text())
-        if not isinstance(rows, list):
-            raise ValueError(f"{path} must hold a JSON list of records (or use .jsonl).")
-        return rows
+        return _read_jsonl_records(path) if path.suffix.lower() == ".jsonl" else _read_json_records(path)
     if not isinstance(dataset, (str, os.PathLike)):
         return dataset
     return select_split(load_dataset_from(dataset, config), split)
+
+
+def _read_jsonl_records(path: Path) -> list[dict]:
+    """Every line a JSON object; any bad line (the last one too: this is input, not a crash log) names file:line."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number} holds a JSON {type(row).__name__}, not a record object.")
+        rows.append(row)
+    return rows
+
+
+def _read_json_records(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno} is not valid JSON ({error.msg}, column {error.colno}).") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path} must hold a JSON list of records (or use .jsonl).")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: record {index} is a JSON {type(row).__name__}, not a record object.")
+    return rows
 
 
 def detect_format(record: dict, columns: BenchmarkColumns) -> str:
@@ -98,7 +123,7 @@ def build_items(
             audio=resolve_audio_path(_required(record, audio_column, index), audio_root),
             question=record.get(columns.question) or "",
             answer=_required(record, columns.answer, index),
-            choices=list(record.get(columns.choices) or []),
+            choices=_choices(record, columns.choices, index),
             categories={c: record[c] for c in category_columns if record.get(c) is not None},
             transcript=record.get(columns.transcript) if columns.transcript else None,
         )
@@ -109,10 +134,29 @@ def build_items(
     return items
 
 
+def _choices(record: dict, column: str, index: int) -> list[str]:
+    """The choices as a list of strings; a bare string would silently become one choice per character."""
+    value = record.get(column)
+    if value is None or (hasattr(value, "__len__") and len(value) == 0):
+        return []
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ValueError(
+            f"Record {index} (id {record.get('id', index)!r}): {column!r} must be a list of options; got {value!r}."
+        )
+    return [str(choice) for choice in value]
+
+
+def item_fingerprint(item: EvalItem) -> str:
+    """A hash of what an item asks and expects: a saved prediction counts only while it matches."""
+    audio = item.audio if isinstance(item.audio, str) else None
+    content = [item.id, audio, item.question, item.answer, item.choices, item.transcript]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
 def _required(record: dict, column: str, index: int):
     if column not in record:
         raise ValueError(
-            f"Record {index} has no {column!r} column (keys: {sorted(record)}); map it with a column flag."
+            f"Record {index} (id {record.get('id', index)!r}) has no {column!r} column (keys: {sorted(record)}); map it with a column flag."
         )
     return record[column]
 
@@ -191,4 +235,5 @@ def prediction_record(item: EvalItem, fmt: str, output: dict) -> dict:
         "model_output": text,
         "prediction": strip_answer_prefix(text) if fmt == "mcq" else text.strip(),
         "transcripts": output.get("transcripts", []),
+        "item_sha256": item_fingerprint(item),
     }

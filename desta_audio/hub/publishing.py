@@ -13,9 +13,11 @@ the folder with the Auto classes and generates) -> `upload` (create_repo + uploa
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 UPLOAD_IGNORE_PATTERNS = ["__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".DS_Store", "*.lock"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
+# What a checkpoint folder is made of; anything else (a stray .env, notes, logs, archives) is never uploaded.
+UPLOAD_SUFFIXES = (".safetensors", ".json", ".py", ".jinja", ".md", ".txt", ".model", ".tiktoken", ".yaml", ".yml")
 
 
 class PublishError(RuntimeError):
@@ -223,7 +227,7 @@ conversation = [{"role": "user", "content": [
     {"type": "audio", "array": tone, "sampling_rate": rate, "transcript": "a tone"},
     {"type": "text", "text": "Describe the audio."},
 ]}]
-inputs = processor.apply_chat_template(conversation)
+inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
 with torch.no_grad():
     output = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 report = {
@@ -274,10 +278,18 @@ def verify_loads(folder: str | os.PathLike, new_tokens: int = 3, timeout: float 
 
 
 def upload_file_list(folder: str | os.PathLike) -> list[str]:
-    """The exact relative paths `upload` sends: every file but VCS, Hub-cache and Python-cache litter."""
+    """The exact relative paths `upload` sends: checkpoint file kinds only (`UPLOAD_SUFFIXES`), never a dotfile or
+    anything under a dot-folder (`.env`, `.git/`, `.cache/`), nor VCS, Hub-cache and Python-cache litter."""
     folder = Path(folder)
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-    return list(filter_repo_objects(files, ignore_patterns=[*UPLOAD_IGNORE_PATTERNS, *DEFAULT_IGNORE_PATTERNS]))
+    kept = list(filter_repo_objects(files, ignore_patterns=[*UPLOAD_IGNORE_PATTERNS, *DEFAULT_IGNORE_PATTERNS]))
+    known = [f for f in kept if f.endswith(UPLOAD_SUFFIXES) and not any(p.startswith(".") for p in f.split("/"))]
+    left_out = sorted(set(kept) - set(known))
+    if left_out:
+        logger.warning(
+            "Not uploading %d file(s) of unknown kind or hidden: %s", len(left_out), ", ".join(left_out[:10])
+        )
+    return known
 
 
 def upload(
@@ -314,23 +326,67 @@ def publish(
     `facts` feeds `render_model_card` (its `repo_id` defaults to `repo_id`); without it the folder must already
     hold a filled README.md. Returns the uploaded file list.
     """
+    upload_options = {"private": private, "token": token, "commit_message": commit_message}
     if isinstance(folder_or_model, (str, os.PathLike)):
-        return _publish_folder(Path(folder_or_model), repo_id, processor, facts, private, token, commit_message)
+        folder = Path(folder_or_model)
+        if processor is None and (facts is None or (folder / "README.md").exists()):
+            _warn_if_card_kept(folder, facts)
+            return _check_and_upload(folder, repo_id, upload_options)
+        with _staged_copy(folder) as stage:  # the user's folder is never written to
+            _add_processor_and_card(stage, repo_id, processor, facts)
+            return _check_and_upload(stage, repo_id, upload_options)
     with tempfile.TemporaryDirectory(prefix="desta-publish-") as scratch:
         folder = save_for_hub(folder_or_model, Path(work_dir or scratch), processor, max_shard_size)
-        return _publish_folder(folder, repo_id, None, facts, private, token, commit_message)
+        _add_processor_and_card(folder, repo_id, None, facts)
+        return _check_and_upload(folder, repo_id, upload_options)
 
 
-def _publish_folder(folder, repo_id, processor, facts, private, token, commit_message) -> list[str]:
-    if processor is not None:
-        processor.save_pretrained(folder)
+def _warn_if_card_kept(folder: Path, facts: dict | None) -> None:
     if facts is not None:
+        logger.warning("%s already has a README.md: uploading it as it is; the facts given are not used", folder)
+
+
+def _add_processor_and_card(folder: Path, repo_id: str, processor, facts: dict | None) -> None:
+    """Save the processor and render README.md (only where the folder has none) as new files replacing links."""
+    if processor is not None:
+        with tempfile.TemporaryDirectory(dir=folder.parent) as saved:
+            processor.save_pretrained(saved)
+            for path in Path(saved).rglob("*"):
+                if path.is_file():
+                    target = folder / path.relative_to(saved)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, target)
+    if facts is not None and not (folder / "README.md").exists():
         config = DestaConfig.from_pretrained(folder)
         card = render_model_card(config, {"audio_token": _processor_audio_token(folder), **facts, "repo_id": repo_id})
         (folder / "README.md").write_text(card, encoding="utf-8")
+    else:
+        _warn_if_card_kept(folder, facts)
+
+
+@contextlib.contextmanager
+def _staged_copy(folder: Path):
+    """A scratch copy of a folder's uploadable files (hard links where possible, so weights are not copied)."""
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=folder.parent, prefix=".desta-publish-")
+    except OSError:
+        scratch = tempfile.TemporaryDirectory(prefix="desta-publish-")
+    with scratch:
+        stage = Path(scratch.name) / folder.name
+        for name in upload_file_list(folder):
+            target = stage / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(folder / name, target)
+            except OSError:
+                shutil.copy2(folder / name, target)
+        yield stage
+
+
+def _check_and_upload(folder: Path, repo_id: str, upload_options: dict) -> list[str]:
     check_folder(folder)
     verify_loads(folder)
-    return upload(folder, repo_id, private=private, token=token, commit_message=commit_message)
+    return upload(folder, repo_id, **upload_options)
 
 
 def _processor_audio_token(folder: Path) -> str | None:

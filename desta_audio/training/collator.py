@@ -195,6 +195,9 @@ class DestaSFTCollator:
     padding_side: str = "right"
     on_bad_record: str = "error"
     skipped: Counter = field(default_factory=Counter)
+    replacements: Any = None  # a map-style dataset that skipped records are replaced from (on_bad_record="skip")
+    seed: int = 0
+    max_replacement_draws: int = 64
 
     def __post_init__(self):
         if self.on_bad_record not in BAD_RECORD_POLICIES:
@@ -206,13 +209,39 @@ class DestaSFTCollator:
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         encoded = [example for example in map(self._encode_or_skip, records) if example is not None]
+        if len(encoded) < len(records) and self.replacements is not None:
+            encoded += self._draw_replacements(len(records) - len(encoded))
         if not encoded:
             raise BadRecordError(
                 ",".join(record_id(r) for r in records),
                 "empty_batch",
-                "every record of this batch was skipped; filter the dataset or raise the batch size",
+                f"every record of this batch was skipped, and so were {self.max_replacement_draws} records drawn "
+                "to replace them: the dataset is mostly unusable; check it",
             )
         return self.pad(encoded)
+
+    def _draw_replacements(self, wanted: int) -> list[EncodedExample]:
+        """Good records drawn at random from `replacements` in place of skipped ones.
+
+        A batch keeps its size, so no rank of a distributed run waits on a step another skipped, and gradient
+        accumulation stays exact; a replaced record is one more sample of the data, never a fabricated one.
+        """
+        if not hasattr(self, "_rng"):
+            import random
+
+            self._rng = random.Random(self.seed)
+        found = []
+        for _ in range(self.max_replacement_draws):
+            if len(found) == wanted:
+                break
+            example = self._encode_or_skip(self.replacements[self._rng.randrange(len(self.replacements))])
+            if example is not None:
+                found.append(example)
+        return found
+
+    def is_usable(self, record: dict[str, Any]) -> bool:
+        """Whether a record encodes (for filtering a streamed dataset); bad ones are counted in `skipped`."""
+        return self._encode_or_skip(record) is not None
 
     def _encode_or_skip(self, record: dict[str, Any]) -> EncodedExample | None:
         try:
@@ -271,7 +300,7 @@ class DestaSFTCollator:
                 "The chat template does not render the assistant turn as a continuation of the generation prompt; "
                 "cannot tell the response tokens apart."
             )
-        ids = self.processor.tokenizer(full_text[len(prompt_text) :].rstrip(), add_special_tokens=False).input_ids
+        ids = self.processor.tokenize_prompts([full_text[len(prompt_text) :].rstrip()])[0]
         if self.processor.audio_token_id in ids:
             raise BadRecordError(
                 example.id, "audio_token_in_response", "has the audio placeholder token in its response"

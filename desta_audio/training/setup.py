@@ -7,6 +7,7 @@ model: own data collator, `remove_unused_columns=False`, `skip_prepare_dataset`,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ScriptArguments, SFTConfig, SFTTrainer
 
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
 
-from ..common import load_dataset_from, resolve_dtype
+from ..common import jsonl_dataset, load_dataset_from, resolve_dtype
 from ..hub.card import write_model_card
 from .collator import BAD_RECORD_POLICIES, PADDING_SIDES, DestaSFTCollator
 
@@ -80,15 +84,24 @@ class DestaScriptArguments(ScriptArguments):
     license: str = field(
         default="other", metadata={"help": "License named in the model card (the base models' terms apply)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a model or checkpoints (they are replaced)."},
+    )
 
 
 # ----------------------------------------------------------------------------- model
 
 
 def load_model_and_processor(
-    script_args: DestaScriptArguments, model_args
+    script_args: DestaScriptArguments, model_args, seed: int | None = None
 ) -> tuple[DestaForConditionalGeneration, DestaProcessor]:
-    """From a Desta checkpoint (`--model_name_or_path`) or from components (`--llm` + `--whisper`, fresh connector)."""
+    """From a Desta checkpoint (`--model_name_or_path`) or from components (`--llm` + `--whisper`, fresh connector).
+
+    `seed` (the run's `--seed`) seeds the fresh connector's initialisation, so two identical runs are identical.
+    """
+    if seed is not None:
+        set_seed(seed)
     dtype = resolve_dtype(model_args.dtype)
     if model_args.model_name_or_path:
         if script_args.llm or script_args.whisper:
@@ -185,7 +198,9 @@ def load_sft_dataset(script_args: DestaScriptArguments):
     import datasets
 
     name, files, streaming = script_args.dataset_name, script_args.data_files, script_args.dataset_streaming
-    if files:
+    if files and all(Path(f).suffix.lower() == ".jsonl" for f in files) and name in (None, "json"):
+        loaded = jsonl_dataset(files, streaming)
+    elif files:
         builder = name or data_file_builder(files)
         loaded = datasets.load_dataset(
             builder, name=script_args.dataset_config, data_files=list(files), streaming=streaming
@@ -275,7 +290,10 @@ def build_trainer(
         max_length=prepare_training_args(training_args),
         padding_side=script_args.padding_side,
         on_bad_record=script_args.on_bad_record,
+        seed=training_args.seed,
     )
+    if script_args.on_bad_record == "skip":
+        train_dataset = skip_bad_records(train_dataset, collator)
     return DestaSFTTrainer(
         model=model,
         args=training_args,
@@ -289,13 +307,82 @@ def build_trainer(
     )
 
 
-def resume_target(value: str | bool | None) -> str | bool | None:
-    """`--resume_from_checkpoint true` means the latest checkpoint in --output_dir (the parser yields a string)."""
-    if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
-        return True
+def skip_bad_records(train_dataset, collator: DestaSFTCollator):
+    """Make `--on_bad_record skip` unable to end a run, whatever the batch size.
+
+    The collator drops bad records; a batch left short (or empty) is topped up with good records drawn at random
+    from a map-style dataset, so every step still trains on a full batch. A streamed dataset cannot be drawn from,
+    so bad records are filtered out lazily before batching instead (their audio is decoded twice).
+    """
+    import datasets
+
+    if isinstance(train_dataset, datasets.IterableDataset):
+        return train_dataset.filter(collator.is_usable)
+    collator.replacements = train_dataset
+    return train_dataset
+
+
+def resume_target(value: str | bool | None, output_dir: str | os.PathLike | None = None) -> str | bool | None:
+    """`--resume_from_checkpoint true` means the latest *complete* checkpoint in --output_dir (the parser yields a
+    string); a checkpoint cut short by a crash (no trainer state yet, or no weights) is skipped with a warning."""
     if isinstance(value, str) and value.lower() in ("false", "none", ""):
         return None
+    if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "latest")):
+        return True if output_dir is None else latest_complete_checkpoint(output_dir)
+    if value and not is_complete_checkpoint(value):
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: not a complete checkpoint (no {TRAINER_STATE_NAME} or weights)."
+        )
     return value
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """The Trainer writes the trainer state last: with it (readable) and weights, the checkpoint is whole."""
+    folder = Path(folder)
+    try:
+        json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """`checkpoint-N` folders of `output_dir`, newest (highest N) first."""
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if (m := pattern.match(p.name))
+    ]
+    return [path for _, path in sorted(found, reverse=True) if path.is_dir()]
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str:
+    for folder in checkpoint_dirs(output_dir):
+        if is_complete_checkpoint(folder):
+            return str(folder)
+        logger.warning("skipping %s: an incomplete checkpoint (interrupted while saving)", folder)
+    raise ValueError(f"--resume_from_checkpoint: no complete checkpoint in {output_dir}.")
+
+
+def check_output_dir(output_dir: str | os.PathLike, resuming: bool, overwrite: bool) -> None:
+    """Refuse to train a fresh run into a folder that already holds a model or checkpoints (they would be
+    overwritten or mixed), unless resuming or `--overwrite_output_dir`."""
+    folder = Path(output_dir)
+    if resuming or not folder.is_dir():
+        return
+    held = [
+        name for name in ("config.json", "model.safetensors", "adapter_model.safetensors") if (folder / name).exists()
+    ]
+    held += [path.name for path in checkpoint_dirs(folder)][:3]
+    if not held:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"--output_dir {folder} already holds a model ({', '.join(held)}). Pass --overwrite_output_dir to replace "
+            "it, --resume_from_checkpoint true to continue it, or choose another folder."
+        )
+    logger.warning("--overwrite_output_dir: training over the model in %s", folder)
 
 
 def save_final_model(trainer: DestaSFTTrainer) -> Path:

@@ -1,0 +1,1 @@
+../modeling_desta/release_desta.py
