@@ -269,8 +269,8 @@ def test_qformer_kernel_comes_from_the_attention_interface(tiny_parts):
     taps = [torch.randn(1, 30, model.config.audio_config.d_model)] * len(connector.layer_prompts)
     with torch.no_grad():
         connector(taps)
-    # Every tap goes through the shared Q-Former in one batch: self- and cross-attention per layer.
-    assert calls == ["DestaQFormerAttention"] * 2 * len(connector.qformer.layer)
+    # Each tap goes through the shared Q-Former in its own pass: self- and cross-attention per layer.
+    assert calls == ["DestaQFormerAttention"] * 2 * len(connector.qformer.layer) * len(connector.layer_prompts)
 
 
 def test_eager_and_sdpa_give_the_same_logits(tiny_parts, audio_dir):
