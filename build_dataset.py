@@ -12,6 +12,12 @@ Examples:
       --model LLM --output-dir out/ --num-shards 4 --shard-index K
   python build_dataset.py --output-dir out/ --merge-only
 
+  # any OpenAI-compatible server (vllm serve, SGLang, transformers serve), 64 requests in flight
+  vllm serve meta-llama/Llama-3.1-8B-Instruct --tensor-parallel-size 8 --port 8000 &
+  python build_dataset.py --audio-dir clips/ --metadata clips/meta.csv ... --engine openai \\
+      --base-url http://127.0.0.1:8000/v1 --model meta-llama/Llama-3.1-8B-Instruct \\
+      --max-concurrency 64 --batch-size 256 --output-dir out/
+
 Rerunning the same command resumes: rows already in OUTPUT_DIR/records are skipped by id.
 The library behind this script is `desta_audio.data`.
 """
@@ -84,12 +90,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
 
     generation = parser.add_argument_group("generation")
-    generation.add_argument("--model", help="backbone LLM: Hub id or local folder (required unless --merge-only)")
     generation.add_argument(
+        "--model",
+        help="backbone LLM: Hub id or local folder; with --engine openai, the model name the server knows "
+        "(required unless --merge-only)",
+    )
+    generation.add_argument(
+        "--engine",
         "--backend",
-        choices=["transformers", "vllm"],
+        dest="engine",
+        choices=["transformers", "vllm", "openai"],
         default="transformers",
-        help="generation engine (vllm must be installed separately; default: transformers)",
+        help="transformers: in this process (default); vllm: offline vllm.LLM on this node (pip install vllm); "
+        "openai: any OpenAI-compatible server at --base-url (vllm serve, SGLang, transformers serve)",
+    )
+    generation.add_argument(
+        "--base-url", help="--engine openai: the API root, e.g. http://127.0.0.1:8000/v1 (a load balancer for a fleet)"
+    )
+    generation.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="--engine openai: environment variable holding the API key, if the server wants one (default: OPENAI_API_KEY)",
+    )
+    generation.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=16,
+        help="--engine openai: requests in flight at once; use --batch-size >= this (default: 16)",
+    )
+    generation.add_argument(
+        "--max-retries",
+        type=int,
+        default=8,
+        help="--engine openai: retries of a request on 429/5xx/timeouts/refused connections, with exponential "
+        "backoff, before the run stops (rerun to resume; default: 8)",
+    )
+    generation.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="--engine vllm: GPUs per model replica (default: 1)"
+    )
+    generation.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="--engine transformers: run every prompt whole instead of reusing the shared prefix's KV cache",
     )
     generation.add_argument(
         "--prompts", help=f"instruction pool, one per line (default: the shipped {DEFAULT_INSTRUCTIONS.name})"
@@ -136,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="generate nothing: merge all records into OUTPUT_DIR/dataset (after sharded runs)",
     )
-    output.add_argument("--push-to-hub", metavar="REPO", help="push the merged dataset to this Hub dataset repo")
+    output.add_argument("--push-to-hub", metavar="REPO", help="push the merged dataset, audio included, to this Hub dataset repo")
     output.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
 
@@ -146,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("give exactly one source: --audio-dir/--metadata, --dataset or --load-from-disk")
         if not args.model:
             parser.error("--model is required unless --merge-only")
+        if args.engine == "openai" and not args.base_url:
+            parser.error("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
     return args
 
 
@@ -159,9 +203,20 @@ def open_source(args: argparse.Namespace):
 
 def make_generator(args: argparse.Namespace):
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
-    if args.backend == "vllm":
-        return sg.VLLMGenerator(args.model, dtype=args.dtype, **options)
-    return sg.TransformersGenerator.from_pretrained(args.model, device=args.device, dtype=args.dtype, **options)
+    if args.engine == "openai":
+        return sg.OpenAIGenerator.from_environment(
+            args.base_url,
+            args.model,
+            args.api_key_env,
+            max_concurrency=args.max_concurrency,
+            max_retries=args.max_retries,
+            **options,
+        )
+    if args.engine == "vllm":
+        return sg.VLLMGenerator(args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size, **options)
+    return sg.TransformersGenerator.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, reuse_prefix=not args.no_prefix_cache, **options
+    )
 
 
 def run_build(args: argparse.Namespace) -> None:
@@ -200,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             logger.warning("interrupted: rerun the same command to resume")
             return 130
+        except sg.EngineError as error:
+            logger.error("%s; every finished batch is saved: rerun the same command to resume", error)
+            return 1
         if args.num_shards > 1:
             logger.info(
                 "shard %d/%d done; after all shards, run with --merge-only to build the dataset",

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from processing.audio_io import AUDIO_SOURCE_KEYS, audio_source
-from processing.processing_desta import DestaProcessor
+from processing.processing_desta import REFERENCE_AUDIO_LOCATOR, DestaProcessor
 
 from ..common import resolve_audio_path
 
@@ -153,6 +153,16 @@ def normalize_message(message: dict[str, Any], audio_root, record_audio: _Record
     return {"role": message["role"], "content": items}
 
 
+def unwrap_audio_locators(messages: list[dict[str, Any]], start: str, end: str) -> list[dict[str, Any]]:
+    """`<start_audio><|AUDIO|><end_audio>` (the authors' training-record format) -> `<|AUDIO|>`: the processor adds
+    the markers around every audio itself, so a wrapped locator would train on doubled markers."""
+    wrapped = f"{start}{REFERENCE_AUDIO_LOCATOR}{end}"
+    return [
+        {**m, "content": m["content"].replace(wrapped, REFERENCE_AUDIO_LOCATOR)} if isinstance(m["content"], str) else m
+        for m in messages
+    ]
+
+
 def _mentions_audio(message: dict[str, Any]) -> bool:
     content = message.get("content")
     if isinstance(content, str):
@@ -227,6 +237,9 @@ class DestaSFTCollator:
     def encode(self, record: dict[str, Any]) -> EncodedExample:
         """One record -> prompt ids (audio expanded) + response ids, labels on the response only."""
         example = normalize_record(record, self.audio_root, self.audio_column)
+        example.messages = unwrap_audio_locators(
+            example.messages, self.processor.audio_start_text, self.processor.audio_end_text
+        )
         prompt_text, audio_items = self.processor.render_conversation(example.messages, add_generation_prompt=True)
         if not audio_items:
             raise BadRecordError(example.id, "no_audio", "has no audio; DeSTA training needs audio in every record")
