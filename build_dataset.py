@@ -126,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "backoff, before the run stops (rerun to resume; default: 8)",
     )
     generation.add_argument(
+        "--max-retry-wait",
+        type=float,
+        default=60.0,
+        help="--engine openai: longest wait between two retries in seconds; waits double from 1 s up to it (default: 60)",
+    )
+    generation.add_argument(
         "--tensor-parallel-size", type=int, default=1, help="--engine vllm: GPUs per model replica (default: 1)"
     )
     generation.add_argument(
@@ -178,7 +184,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="generate nothing: merge all records into OUTPUT_DIR/dataset (after sharded runs)",
     )
-    output.add_argument("--push-to-hub", metavar="REPO", help="push the merged dataset, audio included, to this Hub dataset repo")
+    output.add_argument(
+        "--push-to-hub", metavar="REPO", help="push the merged dataset, audio included, to this Hub dataset repo"
+    )
     output.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
 
@@ -210,6 +218,7 @@ def make_generator(args: argparse.Namespace):
             args.api_key_env,
             max_concurrency=args.max_concurrency,
             max_retries=args.max_retries,
+            max_backoff_s=args.max_retry_wait,
             **options,
         )
     if args.engine == "vllm":

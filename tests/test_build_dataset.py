@@ -457,7 +457,7 @@ def test_help_explains_every_flag(capsys):
         "--audio-dir", "--metadata", "--dataset", "--config", "--split", "--load-from-disk", "--audio-column",
         "--transcript-column", "--attribute-columns", "--segments-column", "--id-column", "--dataset-label",
         "--require-transcript", "--model", "--engine", "--base-url", "--api-key-env", "--max-concurrency",
-        "--max-retries", "--tensor-parallel-size", "--no-prefix-cache", "--prompts", "--batch-size", "--max-new-tokens", "--temperature",
+        "--max-retries", "--max-retry-wait", "--tensor-parallel-size", "--no-prefix-cache", "--prompts", "--batch-size", "--max-new-tokens", "--temperature",
         "--top-p", "--seed", "--device", "--dtype", "--asr-model", "--output-dir", "--num-shards", "--shard-index",
         "--merge-only", "--push-to-hub", "--log-level",
     ]  # fmt: skip

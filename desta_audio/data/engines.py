@@ -56,7 +56,9 @@ def template_prefix_ids(tokenizer, conversation: list[dict[str, str]]) -> list[i
     """The tokens of the chat before the last message's own text (system prompt, headers): rendered with two
     different last messages, what stays the same is shared by every row whose chat differs only there."""
     variant = [*conversation[:-1], {**conversation[-1], "content": "\x00"}]
-    ids = [tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in (conversation, variant)]
+    ids = [
+        tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in (conversation, variant)
+    ]
     return ids[0][: common_prefix_length(ids)]
 
 
@@ -195,7 +197,11 @@ class VLLMGenerator:
     def generate(self, conversations: Sequence[list[dict[str, str]]], seed: int) -> list[str]:
         params = self.vllm.SamplingParams(**self.options, seed=seed)
         prompts = [
-            {"prompt_token_ids": self.tokenizer(render_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"]}
+            {
+                "prompt_token_ids": self.tokenizer(render_prompt(self.tokenizer, c), add_special_tokens=False)[
+                    "input_ids"
+                ]
+            }
             for c in conversations
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

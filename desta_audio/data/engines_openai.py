@@ -120,4 +120,6 @@ def response_text(response: httpx.Response, url: str) -> str:
     try:
         return (response.json()["choices"][0]["message"]["content"] or "").strip()
     except (ValueError, KeyError, IndexError, TypeError) as error:
-        raise EngineError(f"{url} returned no chat completion ({type(error).__name__}): {response.text[:500]}") from None
+        raise EngineError(
+            f"{url} returned no chat completion ({type(error).__name__}): {response.text[:500]}"
+        ) from None
