@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -251,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     model, seconds = build_model(config, args.device, dtype)
     parameters = sum(p.numel() for p in model.parameters())
-    rows.append({"part": "build from configs", "seconds": round(seconds, 1), "parameters_b": round(parameters / 1e9, 2)})
+    rows.append(
+        {"part": "build from configs", "seconds": round(seconds, 1), "parameters_b": round(parameters / 1e9, 2)}
+    )
     processor = build_processor(config)
     if "pipeline" not in args.skip:
         rows += check_pipeline(model, processor, args.device, args.batch_sizes, args.new_tokens)

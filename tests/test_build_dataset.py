@@ -233,14 +233,19 @@ def render_training_chat(tokenizer, record: dict) -> str:
 
     def text_of(message):
         for entry in message["audios"]:
-            message = {**message, "content": message["content"].replace("<|AUDIO|>", f"<start_audio>{entry['text']}<end_audio>", 1)}
+            message = {
+                **message,
+                "content": message["content"].replace("<|AUDIO|>", f"<start_audio>{entry['text']}<end_audio>", 1),
+            }
         return message["content"]
 
     chat = [{"role": m["role"], "content": text_of(m)} for m in record["messages"]]
     return tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": record["response"]}], tokenize=False)
 
 
-def test_merged_record_trains_through_the_collator_without_audio_root(corpus, generator, tmp_path, llm_dir, whisper_dir):
+def test_merged_record_trains_through_the_collator_without_audio_root(
+    corpus, generator, tmp_path, llm_dir, whisper_dir
+):
     """The merged dataset's Audio column feeds the collator from any working directory, no --audio_root."""
     import datasets
 

@@ -16,7 +16,12 @@ import pytest
 from desta_audio import testing as tiny_assets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SUBPROCESS_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+SUBPROCESS_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+}
 CLIPS = {"hello.wav": ("hello world", "speech"), "door.wav": ("please open the door", "speech")}
 TONES = {"beep.wav": 440.0, "hum.wav": 120.0}
 
@@ -62,7 +67,7 @@ def dataset_with_absolute_paths(clips: Path, work: Path) -> list[str]:
     paths = []
     for i, name in enumerate([*CLIPS, *TONES]):
         (work / f"disk{i}").mkdir()
-        paths.append(str((work / f"disk{i}" / name)))
+        paths.append(str(work / f"disk{i}" / name))
         Path(paths[-1]).write_bytes((clips / name).read_bytes())
     dataset = datasets.Dataset.from_dict(
         {"audio": paths, "category": [CLIPS.get(n, ("", "tone"))[1] for n in [*CLIPS, *TONES]]},
@@ -85,7 +90,11 @@ def hub_style_folder(clips: Path, work: Path) -> list[str]:
     return ["--dataset", str(folder), "--transcript-column", "transcription", "--attribute-columns", "category"]
 
 
-SOURCES = {"folder_csv": folder_with_csv, "datasets_absolute_paths": dataset_with_absolute_paths, "hub_style": hub_style_folder}
+SOURCES = {
+    "folder_csv": folder_with_csv,
+    "datasets_absolute_paths": dataset_with_absolute_paths,
+    "hub_style": hub_style_folder,
+}
 
 
 @pytest.mark.parametrize("kind", list(SOURCES))
