@@ -26,6 +26,17 @@ import time
 
 import numpy as np
 import torch
+from transformers import WhisperFeatureExtractor
+
+from desta_audio import testing as tiny_assets
+from desta_audio.data.descriptions import generation_messages, load_instructions
+from desta_audio.data.engines import TransformersGenerator, VLLMGenerator
+from desta_audio.testing.assets import AUDIO_TOKEN
+from desta_audio.training.collator import DestaSFTCollator
+from desta_audio.training.setup import freeze_for_sft
+from modeling_desta import DestaConfig, DestaForConditionalGeneration
+from processing import DestaProcessor
+from processing.pipeline_desta import DestaAudioTextToTextPipeline
 
 TINY_AUDIO = {
     "d_model": 64, "encoder_layers": 4, "decoder_layers": 2, "encoder_attention_heads": 4,
@@ -53,8 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(tiny: bool):
     """The release's shapes (DestaConfig's defaults: whisper-large-v3, Llama-3.1-8B) or tiny ones."""
-    from desta_audio.testing.assets import AUDIO_TOKEN
-    from modeling_desta import DestaConfig
 
     tokenizer = tiny_tokenizer()
     options = {"audio_token_id": tokenizer.convert_tokens_to_ids(AUDIO_TOKEN), "num_audio_queries": 64}
@@ -71,7 +80,6 @@ def build_config(tiny: bool):
 
 def tiny_tokenizer():
     """The tests' Llama-3-style tokenizer (its ids fit any vocabulary; real text quality does not matter here)."""
-    from desta_audio import testing as tiny_assets
 
     tokenizer = tiny_assets.build_tokenizer()
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -79,7 +87,6 @@ def tiny_tokenizer():
 
 
 def build_model(config, device: str, dtype: torch.dtype):
-    from modeling_desta import DestaForConditionalGeneration
 
     started = time.perf_counter()
     with torch.device(device):
@@ -88,10 +95,6 @@ def build_model(config, device: str, dtype: torch.dtype):
 
 
 def build_processor(config):
-    from transformers import WhisperFeatureExtractor
-
-    from desta_audio.testing.assets import AUDIO_TOKEN
-    from processing import DestaProcessor
 
     extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
     return DestaProcessor(extractor, tiny_tokenizer(), audio_token=AUDIO_TOKEN, num_audio_queries=64)
@@ -123,7 +126,6 @@ def reset_peak(device: str) -> None:
 
 
 def check_pipeline(model, processor, device: str, batch_sizes: list[int], new_tokens: int) -> list[dict]:
-    from processing.pipeline_desta import DestaAudioTextToTextPipeline
 
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     pipe = DestaAudioTextToTextPipeline(model=model, processor=processor, device=torch.device(device))
@@ -158,8 +160,6 @@ def check_pipeline(model, processor, device: str, batch_sizes: list[int], new_to
 
 
 def check_training_step(model, processor, device: str) -> dict:
-    from desta_audio.training.collator import DestaSFTCollator
-    from desta_audio.training.setup import freeze_for_sft
 
     freeze_for_sft(model).train()
     model.activation_checkpointing_enable()
@@ -200,9 +200,6 @@ def check_training_step(model, processor, device: str) -> dict:
 
 def check_vllm(device: str) -> dict:
     """The vllm engine on a small random Llama (head dim 64, which every vLLM attention backend supports)."""
-    from desta_audio import testing as tiny_assets
-    from desta_audio.data.descriptions import generation_messages, load_instructions
-    from desta_audio.data.engines import TransformersGenerator, VLLMGenerator
 
     if importlib.util.find_spec("vllm") is None:
         return {"part": "vllm engine", "status": "skipped: vLLM is not installed"}
