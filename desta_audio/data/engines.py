@@ -132,7 +132,7 @@ class TransformersGenerator:
             if not fits(prefix):
                 return False
             ids = torch.tensor([prefix], device=self.model.device)
-            self.prefix_cache = self.model(input_ids=ids, use_cache=True).past_key_values
+            self.prefix_cache = self.model(input_ids=ids, use_cache=True).cache
             self.prefix_ids = prefix
             logger.info("reusing the KV cache of a %d-token prompt prefix shared by every row", len(prefix))
         return True

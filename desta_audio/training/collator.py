@@ -1,10 +1,12 @@
 """Training batches for supervised fine-tuning: records with audio -> `input_ids`, `labels`, `input_features`.
 
 A record is a chat whose last turn is the target answer, in either format the processor reads:
-    build_dataset.py / HF style: `messages` = system + user (content lists with `{"type": "audio", "path": ...}`
-        items) and a separate `response`;
-    DeSTA-AQA5M reference style: string content with `<|AUDIO|>` locators and an `audios` list of
-        `{"audio": relpath, "text": transcript}` entries, plus `response`.
+    HF style: `messages` = system + user (content lists with `{"type": "audio", "path": ...}` items) and a
+        separate `response`;
+    DeSTA-AQA5M reference style (also what build_dataset.py writes): string content with `<|AUDIO|>` locators
+        (or the authors' `<start_audio><|AUDIO|><end_audio>`, the same thing) and an `audios` list of
+        `{"audio": relpath, "text": transcript}` entries, plus `response`. build_dataset.py's entries carry only
+        `text`: their audio is the record's `audio` column.
 A final assistant message may stand in for `response`. Audio may be a path (relative ones are joined to
 `audio_root`), a URL, an array item (`{"array", "sampling_rate"}`), a `datasets` Audio value, or missing from
 the item and taken, in order, from the record's `audio_column`.
