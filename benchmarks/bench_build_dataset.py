@@ -110,11 +110,17 @@ def time_generation(generator: TransformersGenerator, chats, batch_size: int, re
 def in_process_results(
     model, tokenizer, metadata: Path, chats, batch_sizes, max_new_tokens, repeats, tmp: Path
 ) -> list:
-    results = []
-    for reuse in (False, True):
-        generator = TransformersGenerator(model, tokenizer, max_new_tokens=max_new_tokens, reuse_prefix=reuse)
+    """Without and with the prefix cache back to back at each batch size, so a change of machine load between
+    them does not pose as a speed-up."""
+    generators = {
+        reuse: TransformersGenerator(model, tokenizer, max_new_tokens=max_new_tokens, reuse_prefix=reuse)
+        for reuse in (False, True)
+    }
+    for reuse, generator in generators.items():
         time_build(generator, metadata, max(batch_sizes), tmp / f"warmup_{reuse}")
-        for batch_size in batch_sizes:
+    results = []
+    for batch_size in batch_sizes:
+        for reuse, generator in generators.items():
             row = {"engine": "transformers", "prefix_cache": reuse, "batch_size": batch_size}
             row["build"] = time_build(generator, metadata, batch_size, tmp / f"build_{reuse}_{batch_size}")
             row["generation"] = time_generation(generator, chats, batch_size, repeats)
