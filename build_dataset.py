@@ -12,6 +12,12 @@ Examples:
       --model LLM --output-dir out/ --num-shards 4 --shard-index K
   python build_dataset.py --output-dir out/ --merge-only
 
+  # any OpenAI-compatible server (vllm serve, SGLang, transformers serve), 64 requests in flight
+  vllm serve meta-llama/Llama-3.1-8B-Instruct --tensor-parallel-size 8 --port 8000 &
+  python build_dataset.py --audio-dir clips/ --metadata clips/meta.csv ... --engine openai \\
+      --base-url http://127.0.0.1:8000/v1 --model meta-llama/Llama-3.1-8B-Instruct \\
+      --max-concurrency 64 --batch-size 256 --output-dir out/
+
 Rerunning the same command resumes: rows already in OUTPUT_DIR/records are skipped by id.
 The library behind this script is `desta_audio.data`.
 """
@@ -86,12 +92,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
 
     generation = parser.add_argument_group("generation")
-    generation.add_argument("--model", help="backbone LLM: Hub id or local folder (required unless --merge-only)")
     generation.add_argument(
+        "--model",
+        help="backbone LLM: Hub id or local folder; with --engine openai, the model name the server knows "
+        "(required unless --merge-only)",
+    )
+    generation.add_argument(
+        "--engine",
         "--backend",
-        choices=["transformers", "vllm"],
+        dest="engine",
+        choices=["transformers", "vllm", "openai"],
         default="transformers",
-        help="generation engine (vllm must be installed separately; default: transformers)",
+        help="transformers: in this process (default); vllm: offline vllm.LLM on this node (pip install vllm); "
+        "openai: any OpenAI-compatible server at --base-url (vllm serve, SGLang, transformers serve)",
+    )
+    generation.add_argument(
+        "--base-url", help="--engine openai: the API root, e.g. http://127.0.0.1:8000/v1 (a load balancer for a fleet)"
+    )
+    generation.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="--engine openai: environment variable holding the API key, if the server wants one (default: OPENAI_API_KEY)",
+    )
+    generation.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=16,
+        help="--engine openai: requests in flight at once; use --batch-size >= this (default: 16)",
+    )
+    generation.add_argument(
+        "--max-retries",
+        type=int,
+        default=8,
+        help="--engine openai: retries of a request on 429/5xx/timeouts/refused connections, with exponential "
+        "backoff, before the run stops (rerun to resume; default: 8)",
+    )
+    generation.add_argument(
+        "--max-retry-wait",
+        type=float,
+        default=60.0,
+        help="--engine openai: longest wait between two retries in seconds; waits double from 1 s up to it (default: 60)",
+    )
+    generation.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="--engine vllm: GPUs per model replica (default: 1)"
+    )
+    generation.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="--engine transformers: run every prompt whole instead of reusing the shared prefix's KV cache",
     )
     generation.add_argument(
         "--prompts", help=f"instruction pool, one per line (default: the shipped {DEFAULT_INSTRUCTIONS.name})"
@@ -138,7 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="generate nothing: merge all records into OUTPUT_DIR/dataset (after sharded runs)",
     )
-    output.add_argument("--push-to-hub", metavar="REPO", help="push the merged dataset to this Hub dataset repo")
+    output.add_argument(
+        "--push-to-hub", metavar="REPO", help="push the merged dataset, audio included, to this Hub dataset repo"
+    )
     output.add_argument(
         "--force",
         action="store_true",
@@ -153,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("give exactly one source: --audio-dir/--metadata, --dataset or --load-from-disk")
         if not args.model:
             parser.error("--model is required unless --merge-only")
+        if args.engine == "openai" and not args.base_url:
+            parser.error("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
     return args
 
 
@@ -166,9 +218,21 @@ def open_source(args: argparse.Namespace):
 
 def make_generator(args: argparse.Namespace):
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
-    if args.backend == "vllm":
-        return sg.VLLMGenerator(args.model, dtype=args.dtype, **options)
-    return sg.TransformersGenerator.from_pretrained(args.model, device=args.device, dtype=args.dtype, **options)
+    if args.engine == "openai":
+        return sg.OpenAIGenerator.from_environment(
+            args.base_url,
+            args.model,
+            args.api_key_env,
+            max_concurrency=args.max_concurrency,
+            max_retries=args.max_retries,
+            max_backoff_s=args.max_retry_wait,
+            **options,
+        )
+    if args.engine == "vllm":
+        return sg.VLLMGenerator(args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size, **options)
+    return sg.TransformersGenerator.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, reuse_prefix=not args.no_prefix_cache, **options
+    )
 
 
 def build_settings(args: argparse.Namespace, columns) -> dict:
@@ -181,7 +245,7 @@ def build_settings(args: argparse.Namespace, columns) -> dict:
         "dataset_label": args.dataset_label,
         "require_transcript": args.require_transcript,
         "model": args.model,
-        "backend": args.backend,
+        "engine": args.engine,
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest(),
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -232,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, sg.BuildLockedError) as error:
             logger.error("%s", error)
             return 2
+        except sg.EngineError as error:
+            logger.error("%s; every finished batch is saved: rerun the same command to resume", error)
+            return 1
         if args.num_shards > 1:
             logger.info(
                 "shard %d/%d done; after all shards, run with --merge-only to build the dataset",

@@ -200,31 +200,27 @@ def test_records_have_the_aqa5m_schema_and_load_with_datasets(corpus, generator,
         hello["seed_description"]
         == f"[00:00-00:{seconds:02d}] hello world (Gender: Male, Speaking speed: Normal, Duration: {seconds}s)"
     )
-    assert hello["dataset"] == "toy" and hello["audio"] == "hello.wav" and hello["transcript"] == "hello world"
+    assert hello["dataset"] == "toy" and hello["transcript"] == "hello world"
+    assert hello["audio"] == str(corpus.resolve() / "hello.wav")  # the source's own file, by absolute path
     assert hello["prompt"] in load_instructions() and hello["response"]
     assert hello["messages"] == [
-        {"role": "system", "content": [{"type": "text", "text": "Focus on the audio clips and instructions."}]},
-        {
-            "role": "user",
-            "content": [
-                {"type": "audio", "path": "hello.wav", "transcript": "hello world"},
-                {"type": "text", "text": hello["prompt"]},
-            ],
-        },
+        {"role": "system", "content": "Focus on the audio clips and instructions.", "audios": []},
+        {"role": "user", "content": f"<|AUDIO|>\n\n{hello['prompt']}", "audios": [{"text": "hello world"}]},
     ]
     assert records["tone_1.wav"]["seed_description"] == "[00:00-00:02] (Duration: 2s)"  # 1.5 s, read from the audio
-    assert records["tone_1.wav"]["messages"][1]["content"][0]["transcript"] == ""
+    assert records["tone_1.wav"]["messages"][1]["audios"] == [{"text": ""}]
 
     from_json = datasets.load_dataset("json", data_files=[str(p) for p in record_files(tmp_path)], split="train")
     from_disk = datasets.load_from_disk(str(tmp_path / "dataset"))
-    for loaded in (from_json, from_disk):
+    assert from_disk.features["audio"] == datasets.Audio(sampling_rate=16000)
+    for loaded in (from_json, from_disk.remove_columns("audio")):
         assert len(loaded) == len(records)
         for row in loaded:
-            expected = records[row["id"]]
-            assert {k: row[k] for k in expected if k != "messages"} == {
-                k: v for k, v in expected.items() if k != "messages"
-            }
-            assert strip_nulls(row["messages"]) == expected["messages"]
+            assert row == {k: v for k, v in records[row["id"]].items() if k in row}  # no null keys in messages
+    embedded = from_disk.cast_column("audio", datasets.Audio(decode=False))[from_disk["id"].index("hello.wav")]
+    assert embedded["audio"]["bytes"] == (corpus / "hello.wav").read_bytes()  # decodes on any machine
+    decoded = from_disk[from_disk["id"].index("hello.wav")]["audio"].get_all_samples()
+    assert decoded.sample_rate == 16000 and decoded.data.shape[-1] == soundfile.info(corpus / "hello.wav").frames
 
     rendered = render_training_chat(tokenizer, from_disk[0])
     assert rendered.count(tokenizer.bos_token) == 1
@@ -232,45 +228,43 @@ def test_records_have_the_aqa5m_schema_and_load_with_datasets(corpus, generator,
     assert from_disk[0]["prompt"] in rendered and rendered.endswith(from_disk[0]["response"].strip() + "<|eot_id|>")
 
 
-def strip_nulls(messages: list[dict]) -> list[dict]:
-    """Arrow fills the keys a content item lacks (`path` on text items, ...) with None."""
-    return [
-        {**m, "content": [{k: v for k, v in item.items() if v is not None} for item in m["content"]]} for m in messages
-    ]
-
-
 def render_training_chat(tokenizer, record: dict) -> str:
     """The record's chat with its response, through a plain-text chat template (audio as <start_audio>transcript<end_audio>)."""
 
-    def text_of(item):
-        return f"<start_audio>{item['transcript']}<end_audio>" if item["type"] == "audio" else item["text"]
+    def text_of(message):
+        for entry in message["audios"]:
+            message = {
+                **message,
+                "content": message["content"].replace("<|AUDIO|>", f"<start_audio>{entry['text']}<end_audio>", 1),
+            }
+        return message["content"]
 
-    chat = [{"role": m["role"], "content": "\n\n".join(text_of(i) for i in m["content"])} for m in record["messages"]]
+    chat = [{"role": m["role"], "content": text_of(m)} for m in record["messages"]]
     return tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": record["response"]}], tokenize=False)
 
 
-def test_messages_round_trip_through_the_desta_processor(
-    corpus, generator, tmp_path, llm_dir, whisper_dir, monkeypatch
+def test_merged_record_trains_through_the_collator_without_audio_root(
+    corpus, generator, tmp_path, llm_dir, whisper_dir
 ):
-    processing_desta = pytest.importorskip(
-        "processing.processing_desta", reason="DestaProcessor is not in the tree yet"
-    )
+    """The merged dataset's Audio column feeds the collator from any working directory, no --audio_root."""
     import datasets
+
+    from desta_audio.training.collator import DestaSFTCollator
+    from processing import DestaProcessor
 
     build(corpus, tmp_path, generator, batch_size=4)
     merge_records(tmp_path)
-    loaded = datasets.load_from_disk(str(tmp_path / "dataset"))  # with the None keys Arrow adds to content items
+    loaded = datasets.load_from_disk(str(tmp_path / "dataset"))
     record = loaded[loaded["id"].index("hello.wav")]
-    processor = processing_desta.DestaProcessor.from_components(llm_dir, whisper_dir, num_audio_queries=8)
-    monkeypatch.chdir(corpus)  # audio paths are relative to the audio folder
-    chat = [*record["messages"], {"role": "assistant", "content": [{"type": "text", "text": record["response"]}]}]
-    inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
-    text = processor.decode(inputs["input_ids"][0])
+    processor = DestaProcessor.from_components(llm_dir, whisper_dir, num_audio_queries=8)
+    processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    batch = DestaSFTCollator(processor)([record])
+    text = processor.decode(batch["input_ids"][0])
     audio_span = f"<start_audio>{processor.audio_token * 8}hello world<end_audio>"
     assert "Focus on the audio clips and instructions.<|eot_id|>" in text
     assert f"user<|end_header_id|>\n\n{audio_span}\n\n{record['prompt']}<|eot_id|>" in text
     assert text.endswith(f"assistant<|end_header_id|>\n\n{record['response'].strip()}<|eot_id|>")
-    assert inputs["input_features"].shape[0] == 1
+    assert batch["input_features"].shape[0] == 1
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -441,11 +435,11 @@ def test_datasets_source_from_disk_through_the_cli(corpus, llm_dir, tmp_path):
     assert build_dataset_main(argv) == 0
     records = by_id(all_records(tmp_path / "out"))
     assert sorted(records) == ["tones/train/0", "tones/train/1", "tones/train/2"]
-    assert [records[f"tones/train/{i}"]["audio"] for i in range(2)] == [
-        "hello.wav",
-        "tone_0.wav",
-    ]  # the path datasets kept
-    assert records["tones/train/2"]["audio"] == "tones/train/2"
+    # save_to_disk embedded the clips: rows with bytes (or an array) and no file are written once as 16 kHz FLAC
+    stored = [Path(records[f"tones/train/{i}"]["audio"]) for i in range(3)]
+    assert {path.parent for path in stored} == {(tmp_path / "out" / "audio").resolve()}
+    assert soundfile.read(stored[2])[0] == pytest.approx(in_memory["array"], abs=1e-4)
+    assert soundfile.read(stored[0])[0] == pytest.approx(soundfile.read(clips[0])[0], abs=1e-4)
     assert records["tones/train/2"]["seed_description"] == "[00:00-00:02] (Category: sine, Duration: 2s)"
     assert records["tones/train/0"]["dataset"] == "tones"
 
@@ -467,7 +461,8 @@ def test_help_explains_every_flag(capsys):
     flags = [
         "--audio-dir", "--metadata", "--dataset", "--config", "--split", "--load-from-disk", "--audio-column",
         "--transcript-column", "--attribute-columns", "--segments-column", "--id-column", "--dataset-label",
-        "--require-transcript", "--model", "--backend", "--prompts", "--batch-size", "--max-new-tokens", "--temperature",
+        "--require-transcript", "--model", "--engine", "--base-url", "--api-key-env", "--max-concurrency",
+        "--max-retries", "--max-retry-wait", "--tensor-parallel-size", "--no-prefix-cache", "--prompts", "--batch-size", "--max-new-tokens", "--temperature",
         "--top-p", "--seed", "--device", "--dtype", "--asr-model", "--output-dir", "--num-shards", "--shard-index",
         "--merge-only", "--push-to-hub", "--log-level",
     ]  # fmt: skip
@@ -504,10 +499,10 @@ def test_asr_fills_missing_transcripts_without_cutting_long_clips(generator, rea
         records["short.wav"]["seed_description"]
         == f"[00:00-00:{seconds:02d}] {records['short.wav']['transcript']} (Duration: {seconds}s)"
     )
-    assert records["long.wav"]["messages"][1]["content"][0]["transcript"] == records["long.wav"]["transcript"]
+    assert records["long.wav"]["messages"][1]["audios"] == [{"text": records["long.wav"]["transcript"]}]
 
 
-def test_vllm_backend_without_vllm_says_how_to_get_it():
+def test_vllm_engine_without_vllm_says_how_to_get_it():
     try:
         import vllm  # noqa: F401
     except ImportError:

@@ -1,14 +1,18 @@
-"""The self-generated dataset of the DeSTA recipe: seed descriptions, sources, engines, the JSONL store, the build."""
+"""The self-generated dataset of the DeSTA recipe: seed descriptions, sources, engines (transformers, vLLM, any
+OpenAI-compatible server), the JSONL store, the build."""
 
 from .builder import BuildOptions, BuildSummary, build, log_summary
 from .descriptions import load_instructions, seed_description
 from .engines import ResponseGenerator, TransformersGenerator, VLLMGenerator, WhisperTranscriber
+from .engines_openai import EngineError, OpenAIGenerator
 from .sources import SourceColumns, dataset_source, folder_source
 from .store import BuildLockedError, merge_records
 
 __all__ = [
     "BuildOptions",
     "BuildSummary",
+    "EngineError",
+    "OpenAIGenerator",
     "ResponseGenerator",
     "SourceColumns",
     "TransformersGenerator",

@@ -3,7 +3,7 @@ instruction is drawn from a pool, and the backbone LLM answers the instruction f
 answer becomes the training target for the real audio, so targets stay in the LLM's own voice.
 
 Output records follow DeSTA-AQA5M (`id`, `dataset`, `seed_description`, `prompt`, `response`, `messages`) plus
-`audio` and `transcript`, appended batch by batch to one JSONL shard per process (see `store`), so a rerun
+`audio` (an absolute path, typed `datasets.Audio` at the merge; see `store`) and `transcript`, appended batch by batch to one JSONL shard per process (see `store`), so a rerun
 resumes by id. `build_dataset.py` at the repository root is the command-line front end.
 """
 
@@ -23,7 +23,7 @@ from ..common import JsonlWriter, chunks, write_json_atomic
 from .descriptions import generation_messages, pick_instruction, row_random
 from .engines import ResponseGenerator, WhisperTranscriber
 from .sources import BadRow, PreparedRow, SourceColumns, check_columns, make_record, prepare_row
-from .store import ShardLock, check_build_settings, finished_ids, shard_file, summary_file
+from .store import ShardLock, check_build_settings, finished_ids, shard_file, stored_clip, summary_file
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,9 @@ def process_batch(
     conversations = [generation_messages(d, i) for d, i in zip(descriptions, instructions)]
     batch_seed = row_random(options.seed, rows[0].id, "generation").getrandbits(63)
     responses = generator.generate(conversations, seed=batch_seed)
+    for row in rows:
+        if row.audio_file is None:
+            row.audio_file = stored_clip(options.output_dir, row.id, row.audio)
     return [
         make_record(row, source.label, d, i, r) for row, d, i, r in zip(rows, descriptions, instructions, responses)
     ]

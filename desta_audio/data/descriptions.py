@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from processing import DEFAULT_SYSTEM_PROMPT
+from processing.audio_io import TARGET_SAMPLING_RATE
+from processing.processing_desta import REFERENCE_AUDIO_LOCATOR
 
 logger = logging.getLogger(__name__)
 
@@ -132,35 +134,39 @@ def generation_messages(description: str, instruction: str) -> list[dict[str, st
     ]
 
 
-def training_messages(audio_ref: str, transcript: str | None, instruction: str) -> list[dict[str, Any]]:
-    """The chat the audio model trains on, in the processor's format (every content a list, one Arrow schema)."""
+def training_messages(transcript: str | None, instruction: str) -> list[dict[str, Any]]:
+    """The chat the audio model trains on, in DeSTA-AQA5M's layout: string content with the `<|AUDIO|>` locator
+    and an `audios` list of `{"text": transcript}`.
+
+    Every message has the same three keys (the system message an empty `audios`), so Arrow stores no null keys.
+    The audio entry names no file: the clip is the record's `audio` column (a `datasets.Audio` value), which the
+    training collator hands to the entry. AQA5M's entries name a relative path instead, which only resolves
+    with `--audio_root` on the machine that holds the corpus.
+    """
     return [
-        {"role": "system", "content": [{"type": "text", "text": DEFAULT_SYSTEM_PROMPT}]},
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT, "audios": []},
         {
             "role": "user",
-            "content": [
-                {"type": "audio", "path": audio_ref, "transcript": transcript or ""},
-                {"type": "text", "text": instruction},
-            ],
+            "content": f"{REFERENCE_AUDIO_LOCATOR}\n\n{instruction}",
+            "audios": [{"text": transcript or ""}],
         },
     ]
 
 
 def record_features():
-    """The `datasets` schema of a record; text content items get null `path`/`transcript` and vice versa."""
-    from datasets import Features, List, Value
+    """The `datasets` schema of a merged record: `audio` decodes to 16 kHz wherever the dataset is loaded."""
+    from datasets import Audio, Features, List, Value
 
-    item = {"type": Value("string"), "text": Value("string"), "path": Value("string"), "transcript": Value("string")}
     text = Value("string")
     return Features(
         {
             "id": text,
             "dataset": text,
-            "audio": text,
+            "audio": Audio(sampling_rate=TARGET_SAMPLING_RATE),
             "transcript": text,
             "seed_description": text,
             "prompt": text,
             "response": text,
-            "messages": List({"role": text, "content": List(item)}),
+            "messages": List({"role": text, "content": text, "audios": List({"text": text})}),
         }
     )

@@ -1,6 +1,8 @@
 """Engines that write the responses (the backbone LLM) and fill missing transcripts (Whisper).
 
-Every engine implements `ResponseGenerator.generate(conversations, seed) -> list[str]`.
+Every engine implements `ResponseGenerator.generate(conversations, seed) -> list[str]`: `transformers` (in
+process, here), `vllm` (offline `vllm.LLM`, here) and `openai` (any OpenAI-compatible server, `engines_openai`).
+An engine returns one response per conversation or raises: the builder writes a batch only when all of it is done.
 """
 
 from __future__ import annotations
@@ -40,10 +42,46 @@ def stop_token_ids(tokenizer, generation_config) -> list[int]:
     return ids
 
 
-class TransformersGenerator:
-    """Batched generation with LEFT padding, so every prompt ends at the same position and greedy output does not depend on the batch."""
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares."""
+    length = 0
+    for column in zip(*sequences):
+        if any(token != column[0] for token in column[1:]):
+            break
+        length += 1
+    return length
 
-    def __init__(self, model, tokenizer, *, max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0):
+
+def template_prefix_ids(tokenizer, conversation: list[dict[str, str]]) -> list[int]:
+    """The tokens of the chat before the last message's own text (system prompt, headers): rendered with two
+    different last messages, what stays the same is shared by every row whose chat differs only there."""
+    variant = [*conversation[:-1], {**conversation[-1], "content": "\x00"}]
+    ids = [
+        tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in (conversation, variant)
+    ]
+    return ids[0][: common_prefix_length(ids)]
+
+
+class TransformersGenerator:
+    """Batched in-process generation whose greedy output does not depend on the batch.
+
+    With `reuse_prefix` (the default) the tokens every prompt starts with (system prompt and chat scaffold, ~106
+    tokens with Llama 3.1's template) are run through the model once; each batch starts from a copy of that KV
+    cache, laid out as [shared prefix][padding][row's own tokens] with the padding masked out, so positions and
+    attended tokens are those of the unpadded prompt (tested equal to the plain path). Without it, or when a batch
+    does not share the prefix, prompts are LEFT-padded and run whole.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        reuse_prefix: bool = True,
+    ):
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -58,6 +96,9 @@ class TransformersGenerator:
         self.generation_config = config
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.reuse_prefix = reuse_prefix
+        self.prefix_ids: list[int] = []
+        self.prefix_cache = None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | None = None, dtype: str = "auto", **options):
@@ -71,14 +112,54 @@ class TransformersGenerator:
     def generate(self, conversations: Sequence[list[dict[str, str]]], seed: int) -> list[str]:
         torch.manual_seed(seed)
         texts = [render_prompt(self.tokenizer, c) for c in conversations]
-        batch = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.model.device)
-        output = self.model.generate(**batch, generation_config=self.generation_config)
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self.reuse_prefix and self._prefix_fits(rows, conversations[0]):
+            inputs = self._inputs_after_prefix(rows)
+        else:
+            inputs = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.model.device)
+        output = self.model.generate(**inputs, generation_config=self.generation_config)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _prefix_fits(self, rows: list[list[int]], conversation: list[dict[str, str]]) -> bool:
+        """Whether every row starts with the cached prefix (and has tokens after it); computes it when needed."""
+
+        def fits(prefix):
+            return bool(prefix) and all(len(r) > len(prefix) and r[: len(prefix)] == prefix for r in rows)
+
+        if not fits(self.prefix_ids):
+            prefix = template_prefix_ids(self.tokenizer, conversation)
+            if not fits(prefix):
+                return False
+            ids = torch.tensor([prefix], device=self.model.device)
+            self.prefix_cache = self.model(input_ids=ids, use_cache=True).cache
+            self.prefix_ids = prefix
+            logger.info("reusing the KV cache of a %d-token prompt prefix shared by every row", len(prefix))
+        return True
+
+    def _inputs_after_prefix(self, rows: list[list[int]]) -> dict:
+        """[prefix][padding][suffix] ids and mask, with a copy of the prefix cache repeated for every row."""
+        shared = len(self.prefix_ids)
+        width = max(len(r) for r in rows) - shared
+        input_ids = torch.full((len(rows), shared + width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        input_ids[:, :shared] = torch.tensor(self.prefix_ids)
+        attention_mask[:, :shared] = 1
+        for index, row in enumerate(rows):
+            suffix = row[shared:]
+            input_ids[index, shared + width - len(suffix) :] = torch.tensor(suffix)
+            attention_mask[index, shared + width - len(suffix) :] = 1
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(len(rows))
+        device = self.model.device
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "cache": cache}
 
 
 class VLLMGenerator:
-    """The same prompts through vLLM (much faster on GPUs); give it large batches."""
+    """The same token ids through offline `vllm.LLM` (one GPU node; prefix caching on); give it large batches.
+
+    `engine_options` go to `vllm.LLM` as they are (e.g. `tensor_parallel_size=8`, `gpu_memory_utilization`).
+    """
 
     def __init__(
         self,
@@ -88,19 +169,30 @@ class VLLMGenerator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         dtype: str = "auto",
+        **engine_options,
     ):
         try:
             import vllm
         except ImportError as error:
             raise ImportError(
-                "--backend vllm needs vLLM installed (pip install vllm); or use --backend transformers"
+                "--engine vllm needs vLLM installed (pip install vllm); or use --engine transformers or openai"
             ) from error
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
 
         self.vllm = vllm
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.llm = vllm.LLM(model=str(name_or_path), dtype=dtype)
-        self.options = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+        try:
+            generation_config = GenerationConfig.from_pretrained(name_or_path)
+        except OSError:
+            generation_config = GenerationConfig()
+        self.llm = vllm.LLM(model=str(name_or_path), dtype=dtype, enable_prefix_caching=True, **engine_options)
+        self.options = {
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop_token_ids": stop_token_ids(self.tokenizer, generation_config),
+            "skip_special_tokens": True,
+        }
 
     def generate(self, conversations: Sequence[list[dict[str, str]]], seed: int) -> list[str]:
         params = self.vllm.SamplingParams(**self.options, seed=seed)
@@ -112,7 +204,8 @@ class VLLMGenerator:
             }
             for c in conversations
         ]
-        return [out.outputs[0].text.strip() for out in self.llm.generate(prompts, params, use_tqdm=False)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [output.outputs[0].text.strip() for output in outputs]
 
 
 class WhisperTranscriber:

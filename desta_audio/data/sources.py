@@ -192,6 +192,7 @@ class PreparedRow:
     transcript: str
     attributes: dict[str, Any]
     segments: list[Segment] | None
+    audio_file: str | None = None  # the absolute path of the source's own file, when it has one
 
     @property
     def duration(self) -> float:
@@ -229,19 +230,31 @@ def prepare_row(source, raw: dict[str, Any], index: int, row_id: str | None, col
             transcript = " ".join(s.text.strip() for s in segments if s.text.strip()) or None
     audio_ref, audio_source = source.audio(audio_value, index)
     audio = decode_audio(audio_source)
-    return PreparedRow(index, row_id, audio_ref, audio, transcript or "", attributes, segments)
+    return PreparedRow(
+        index, row_id, audio_ref, audio, transcript or "", attributes, segments, local_audio_file(audio_source)
+    )
+
+
+def local_audio_file(audio_source: Any) -> str | None:
+    """The absolute path of a source that is a local file (not a URL, bytes or array), else None."""
+    if isinstance(audio_source, (str, os.PathLike)) and os.path.isfile(audio_source):
+        return os.path.abspath(audio_source)
+    return None
 
 
 def make_record(
     row: PreparedRow, dataset_label: str, description: str, instruction: str, response: str
 ) -> dict[str, Any]:
+    """A DeSTA-AQA5M record plus `audio` (an absolute path: the merge types it `datasets.Audio`) and `transcript`."""
+    if row.audio_file is None:
+        raise ValueError(f"row {row.id!r} has no audio file yet; the builder stores in-memory audio first")
     return {
         "id": row.id,
         "dataset": dataset_label,
-        "audio": row.audio_ref,
+        "audio": row.audio_file,
         "transcript": row.transcript,
         "seed_description": description,
         "prompt": instruction,
         "response": response,
-        "messages": training_messages(row.audio_ref, row.transcript, instruction),
+        "messages": training_messages(row.transcript, instruction),
     }

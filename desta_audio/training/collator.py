@@ -1,10 +1,12 @@
 """Training batches for supervised fine-tuning: records with audio -> `input_ids`, `labels`, `input_features`.
 
 A record is a chat whose last turn is the target answer, in either format the processor reads:
-    build_dataset.py / HF style: `messages` = system + user (content lists with `{"type": "audio", "path": ...}`
-        items) and a separate `response`;
-    DeSTA-AQA5M reference style: string content with `<|AUDIO|>` locators and an `audios` list of
-        `{"audio": relpath, "text": transcript}` entries, plus `response`.
+    HF style: `messages` = system + user (content lists with `{"type": "audio", "path": ...}` items) and a
+        separate `response`;
+    DeSTA-AQA5M reference style (also what build_dataset.py writes): string content with `<|AUDIO|>` locators
+        (or the authors' `<start_audio><|AUDIO|><end_audio>`, the same thing) and an `audios` list of
+        `{"audio": relpath, "text": transcript}` entries, plus `response`. build_dataset.py's entries carry only
+        `text`: their audio is the record's `audio` column.
 A final assistant message may stand in for `response`. Audio may be a path (relative ones are joined to
 `audio_root`), a URL, an array item (`{"array", "sampling_rate"}`), a `datasets` Audio value, or missing from
 the item and taken, in order, from the record's `audio_column`.
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from processing.audio_io import AUDIO_SOURCE_KEYS, audio_source
-from processing.processing_desta import DestaProcessor
+from processing.processing_desta import REFERENCE_AUDIO_LOCATOR, DestaProcessor
 
 from ..common import resolve_audio_path
 
@@ -153,6 +155,16 @@ def normalize_message(message: dict[str, Any], audio_root, record_audio: _Record
     return {"role": message["role"], "content": items}
 
 
+def unwrap_audio_locators(messages: list[dict[str, Any]], start: str, end: str) -> list[dict[str, Any]]:
+    """`<start_audio><|AUDIO|><end_audio>` (the authors' training-record format) -> `<|AUDIO|>`: the processor adds
+    the markers around every audio itself, so a wrapped locator would train on doubled markers."""
+    wrapped = f"{start}{REFERENCE_AUDIO_LOCATOR}{end}"
+    return [
+        {**m, "content": m["content"].replace(wrapped, REFERENCE_AUDIO_LOCATOR)} if isinstance(m["content"], str) else m
+        for m in messages
+    ]
+
+
 def _mentions_audio(message: dict[str, Any]) -> bool:
     content = message.get("content")
     if isinstance(content, str):
@@ -256,6 +268,9 @@ class DestaSFTCollator:
     def encode(self, record: dict[str, Any]) -> EncodedExample:
         """One record -> prompt ids (audio expanded) + response ids, labels on the response only."""
         example = normalize_record(record, self.audio_root, self.audio_column)
+        example.messages = unwrap_audio_locators(
+            example.messages, self.processor.audio_start_text, self.processor.audio_end_text
+        )
         prompt_text, audio_items = self.processor.render_conversation(example.messages, add_generation_prompt=True)
         if not audio_items:
             raise BadRecordError(example.id, "no_audio", "has no audio; DeSTA training needs audio in every record")

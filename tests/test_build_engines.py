@@ -1,0 +1,405 @@
+"""The builder's engines: the in-process prefix-cache reuse, vLLM at its `vllm.LLM` boundary, and the `openai`
+engine against a real `transformers serve` (same rows as in process; a server killed mid-run is retried)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import soundfile
+import torch
+
+from desta_audio import testing as tiny_assets
+from desta_audio.data.builder import BuildOptions, build
+from desta_audio.data.descriptions import generation_messages, load_instructions
+from desta_audio.data.engines import TransformersGenerator, VLLMGenerator, render_prompt
+from desta_audio.data.engines_openai import EngineError, OpenAIGenerator
+from desta_audio.data.sources import SourceColumns, folder_source
+from desta_audio.data.store import record_files, shard_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_NEW_TOKENS = 6
+ROWS = 10
+COLUMNS = SourceColumns(audio="file", transcript="text", attributes=("gender",))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """ROWS sine clips of 1-3 s with transcripts and a gender, so every prompt differs after the shared prefix."""
+    root = tmp_path_factory.mktemp("engine_corpus")
+    rows = []
+    for i in range(ROWS):
+        soundfile.write(root / f"c{i}.wav", tiny_assets.sine(1.0 + i % 3, freq=200 + 30 * i), 16000)
+        rows.append({"file": f"c{i}.wav", "text": f"row {i} says {'hello ' * (i % 4)}".strip(), "gender": "Female"})
+    (root / "meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def conversations(count: int = 6) -> list[list[dict[str, str]]]:
+    pool = load_instructions()
+    return [
+        generation_messages(f"[00:00-00:0{1 + i % 5}] clip {i} {'la ' * i}(Gender: Male, Duration: 2s)", pool[i * 7])
+        for i in range(count)
+    ]
+
+
+def records_of(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for path in record_files(out) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def run_build(corpus: Path, out: Path, generator, batch_size: int = 4):
+    options = BuildOptions(output_dir=out, instructions=load_instructions(), batch_size=batch_size, progress=False)
+    return build(folder_source(corpus, corpus / "meta.jsonl", "file", "toy"), COLUMNS, generator, options)
+
+
+@pytest.fixture(scope="module")
+def in_process_rows(corpus, llm_dir, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("in_process")
+    generator = TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=MAX_NEW_TOKENS)
+    run_build(corpus, out, generator)
+    return records_of(out)
+
+
+# ----------------------------------------------------------------------------- in process: shared-prefix KV cache
+
+
+def test_prefix_cache_reuse_gives_the_same_rows_as_whole_prompts(llm_dir):
+    chats = conversations()
+    whole = TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=12, reuse_prefix=False)
+    reused = TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=12)
+    expected = whole.generate(chats, seed=0)
+    assert reused.generate(chats, seed=0) == expected
+    assert reused.generate(chats[:1], seed=0) == expected[:1]  # batch 1, and the cache survives reuse
+    assert reused.generate(chats[2:5], seed=0) == expected[2:5]
+    assert len(set(expected)) > 1
+
+    # the prefix is the system prompt and the user header, shared by every row and nothing more
+    rows = [reused.tokenizer(render_prompt(reused.tokenizer, c), add_special_tokens=False).input_ids for c in chats]
+    prefix = reused.prefix_ids
+    assert all(row[: len(prefix)] == prefix for row in rows)
+    text = reused.tokenizer.decode(prefix)
+    assert text.endswith("user<|end_header_id|>\n\n") and "Imagine you can hear the audio clips." in text
+
+
+def test_prefix_cache_is_rebuilt_for_another_system_prompt(llm_dir):
+    reused = TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=8)
+    whole = TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=8, reuse_prefix=False)
+    other = [[{"role": "system", "content": "Answer in one word."}, c[1]] for c in conversations(3)]
+    assert reused.generate(conversations(3), seed=0) == whole.generate(conversations(3), seed=0)
+    first_prefix = reused.prefix_ids
+    assert reused.generate(other, seed=0) == whole.generate(other, seed=0)
+    assert reused.prefix_ids != first_prefix
+    mixed = [conversations(1)[0], other[0]]  # no common prefix beyond BOS and header: the plain path
+    assert reused.generate(mixed, seed=0) == whole.generate(mixed, seed=0)
+
+
+# ----------------------------------------------------------------------------- vllm, replaced at vllm.LLM
+
+
+class TinyVLLM:
+    """Stands in for `vllm.LLM` only: greedy decoding of the given token ids with the tiny model, vLLM-style output."""
+
+    instances: list[TinyVLLM] = []
+
+    def __init__(self, model: str, **options):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.options = options
+        self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.calls = []
+        TinyVLLM.instances.append(self)
+
+    @torch.inference_mode()
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append((prompts, params))
+        results = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt["prompt_token_ids"]])
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=params.max_tokens,
+                do_sample=False,
+                eos_token_id=params.stop_token_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
+            text = self.tokenizer.decode(out, skip_special_tokens=params.skip_special_tokens)
+            results.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=text, token_ids=out)]))
+        return results
+
+
+@pytest.fixture()
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = TinyVLLM
+    module.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    TinyVLLM.instances.clear()
+    return module
+
+
+def test_vllm_engine_sends_the_in_process_token_ids_and_gets_the_same_rows(fake_vllm, llm_dir):
+    chats = conversations(4)
+    engine = VLLMGenerator(llm_dir, max_new_tokens=10, tensor_parallel_size=2)
+    llm = TinyVLLM.instances[0]
+    assert llm.options == {"dtype": "auto", "enable_prefix_caching": True, "tensor_parallel_size": 2}
+    expected = TransformersGenerator.from_pretrained(llm_dir, device="cpu", max_new_tokens=10).generate(chats, 0)
+    assert engine.generate(chats, seed=5) == expected
+    prompts, params = llm.calls[0]
+    tokenizer = llm.tokenizer
+    assert [p["prompt_token_ids"] for p in prompts] == [
+        tokenizer(render_prompt(tokenizer, c), add_special_tokens=False).input_ids for c in chats
+    ]
+    assert prompts[0]["prompt_token_ids"].count(tokenizer.bos_token_id) == 1
+    assert (params.max_tokens, params.temperature, params.seed) == (10, 0.0, 5)
+    assert tokenizer.convert_tokens_to_ids("<|eot_id|>") in params.stop_token_ids
+
+
+# ----------------------------------------------------------------------------- openai: retries on a loopback server
+
+
+class FlakyCompletions(BaseHTTPRequestHandler):
+    """A real HTTP server: answers 503, then 429 (Retry-After: 0), then a chat completion echoing the last message."""
+
+    statuses: list[int] = []
+    bodies: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).bodies.append({**body, "authorization": self.headers.get("authorization")})
+        status = type(self).statuses.pop(0) if type(self).statuses else 200
+        payload = {
+            "choices": [{"message": {"role": "assistant", "content": f" echo: {body['messages'][-1]['content']}"}}]
+        }
+        data = json.dumps(payload if status == 200 else {"error": "busy"}).encode()
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def flaky_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyCompletions)
+    FlakyCompletions.statuses, FlakyCompletions.bodies = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_openai_engine_retries_429_and_5xx_and_keeps_the_order(flaky_server, monkeypatch):
+    FlakyCompletions.statuses = [503, 429]
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    engine = OpenAIGenerator.from_environment(flaky_server, "m", "MY_KEY", max_concurrency=1, backoff_s=0.01)
+    chats = conversations(3)
+    assert engine.generate(chats, seed=7) == [f"echo: {c[-1]['content']}" for c in chats]
+    bodies = FlakyCompletions.bodies
+    assert len(bodies) == 5  # two refusals retried, then one request per row
+    assert [b["seed"] for b in bodies[2:]] == [7, 8, 9]
+    assert bodies[0]["authorization"] == "Bearer sk-test"
+    assert {(b["model"], b["max_tokens"], b["temperature"]) for b in bodies} == {("m", 512, 0.0)}
+
+
+def test_openai_engine_gives_up_with_the_url_after_its_retries(flaky_server):
+    FlakyCompletions.statuses = [500] * 3
+    engine = OpenAIGenerator(flaky_server, "m", max_retries=2, backoff_s=0.01)
+    with pytest.raises(EngineError, match=r"/v1/chat/completions: HTTP 500, still failing after 2 retries"):
+        engine.generate(conversations(1), seed=0)
+    FlakyCompletions.statuses = [400]
+    with pytest.raises(EngineError, match="answered HTTP 400"):  # a client error is not retried
+        engine.generate(conversations(1), seed=0)
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EngineError, match="ConnectError.*still failing after 1 retries"):
+        OpenAIGenerator(closed, "m", max_retries=1, backoff_s=0.01).generate(conversations(1), seed=0)
+
+
+# ----------------------------------------------------------------------------- openai: a real transformers serve
+
+
+class Server:
+    """`transformers serve LLM_DIR` on 127.0.0.1:port, CPU, in its own process group."""
+
+    def __init__(self, llm_dir: Path, port: int, log: Path):
+        self.llm_dir, self.port, self.log = llm_dir, port, log
+        self.process = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        command = [
+            shutil.which("transformers"), "serve", str(self.llm_dir), "--host", "127.0.0.1",
+            "--port", str(self.port), "--device", "cpu",
+        ]  # fmt: skip
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"transformers serve did not come up: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def serve(llm_dir, tmp_path_factory):
+    if shutil.which("transformers") is None:
+        pytest.skip("the transformers CLI is not on PATH")
+    pytest.importorskip("fastapi", reason='transformers serve needs pip install "transformers[serving]"')
+    server = Server(llm_dir, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
+    server.start()
+    yield server
+    server.kill()
+
+
+def builder_args(corpus: Path, out: Path, serve: Server, *extra: str) -> list[str]:
+    return [
+        "--audio-dir", str(corpus), "--metadata", str(corpus / "meta.jsonl"), "--audio-column", "file",
+        "--transcript-column", "text", "--attribute-columns", "gender", "--dataset-label", "toy",
+        "--engine", "openai", "--base-url", serve.base_url, "--model", str(serve.llm_dir),
+        "--max-new-tokens", str(MAX_NEW_TOKENS), "--output-dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_openai_engine_on_transformers_serve_writes_the_in_process_rows(corpus, serve, in_process_rows, tmp_path):
+    """Greedy decoding, the same chat template (the server's tokenizer is the model folder's), the same stop token:
+    every field of every record is the in-process engine's."""
+    result = subprocess.run(
+        [sys.executable, "build_dataset.py", *builder_args(corpus, tmp_path, serve, "--max-concurrency", "4")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert records_of(tmp_path) == in_process_rows
+    assert len({r["response"] for r in in_process_rows.values()}) > 1
+
+
+SLOW_ENGINE = """
+import runpy, sys, time
+from desta_audio.data.engines_openai import OpenAIGenerator
+generate = OpenAIGenerator.generate
+def slow_generate(self, *args, **kwargs):
+    time.sleep(0.4)
+    return generate(self, *args, **kwargs)
+OpenAIGenerator.generate = slow_generate
+sys.argv[0] = "build_dataset.py"
+runpy.run_path("build_dataset.py", run_name="__main__")
+"""
+
+
+def test_server_killed_mid_run_is_retried_and_every_row_is_written_once(corpus, serve, in_process_rows, tmp_path):
+    out = tmp_path / "out"
+    stderr_path = tmp_path / "builder.log"
+    args = builder_args(
+        corpus,
+        out,
+        serve,
+        "--batch-size",
+        "2",
+        "--max-concurrency",
+        "2",
+        "--max-retries",
+        "60",
+        "--max-retry-wait",
+        "1",
+    )
+    with stderr_path.open("w") as stderr:
+        builder = subprocess.Popen(
+            [sys.executable, "-c", SLOW_ENGINE, *args], cwd=REPO_ROOT, stdout=stderr, stderr=stderr, text=True
+        )
+    try:
+        shard = shard_file(out, 0, 1)
+        wait_for(lambda: shard.exists() and shard.read_text().count("\n") >= 2, builder, "a first batch")
+        serve.kill()
+        wait_for(lambda: "retry" in stderr_path.read_text(), builder, "a retry after the server died")
+        written_while_down = shard.read_text().count("\n")
+        assert written_while_down < ROWS, "the run should still have rows to do"
+        serve.start()
+        assert builder.wait(timeout=240) == 0, stderr_path.read_text()[-3000:]
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+        if serve.process.poll() is not None:
+            serve.start()
+    log = stderr_path.read_text()
+    assert "ConnectError" in log or "RemoteProtocolError" in log or "ReadError" in log, log[-3000:]
+    lines = [json.loads(line) for line in shard.read_text().splitlines()]
+    assert Counter(r["id"] for r in lines) == Counter(f"c{i}.wav" for i in range(ROWS))  # each row exactly once
+    assert {r["id"]: r for r in lines} == in_process_rows
+
+
+def wait_for(condition, process, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the builder exited (code {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_run_that_runs_out_of_retries_stops_and_resumes_without_repeats(corpus, serve, in_process_rows, tmp_path):
+    """The server is down for longer than the retries last: the run stops (exit 1, finished batches kept); the same
+    command after a restart writes only the rest."""
+    down = Server(serve.llm_dir, free_port(), tmp_path / "down.log")  # nobody listens on this port yet
+    args = builder_args(corpus, tmp_path, down, "--batch-size", "4", "--max-retries", "0")
+    failed = subprocess.run(
+        [sys.executable, "build_dataset.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert failed.returncode == 1 and "rerun the same command to resume" in failed.stderr, failed.stderr[-2000:]
+    assert not records_of(tmp_path)
+    partial = {k: in_process_rows[k] for k in ("c0.wav", "c1.wav", "c2.wav", "c3.wav")}
+    shard_file(tmp_path, 0, 1).write_text("".join(json.dumps(r) + "\n" for r in partial.values()))
+    resumed = subprocess.run(
+        [sys.executable, "build_dataset.py", *builder_args(corpus, tmp_path, serve, "--batch-size", "4")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = [json.loads(line) for line in shard_file(tmp_path, 0, 1).read_text().splitlines()]
+    assert Counter(r["id"] for r in lines) == Counter(f"c{i}.wav" for i in range(ROWS))
+    assert json.loads((tmp_path / "summary.json").read_text())["already_done"] == 4

@@ -1,0 +1,50 @@
+"""benchmarks/gpu_check.sh has not run on a GPU here; what does not need one is checked: its options and configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_release_shapes_from_configs():
+    gpu_check = load_gpu_check()
+    config = gpu_check.build_config(tiny=False)
+    audio, text = config.audio_config, config.text_config
+    assert (audio.d_model, audio.encoder_layers, audio.decoder_layers, audio.num_mel_bins) == (1280, 32, 32, 128)
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (4096, 14336, 32)
+    assert (text.num_attention_heads, text.num_key_value_heads, text.vocab_size) == (32, 8, 128256)
+    assert config.audio_layer_ids == [7, 15, 23, 31] and config.qformer_num_hidden_layers == 6
+    assert gpu_check.tiny_tokenizer().convert_ids_to_tokens(config.audio_token_id) == gpu_check.AUDIO_TOKEN
+
+
+def test_options_and_tiny_mode_from_the_environment(monkeypatch):
+    gpu_check = load_gpu_check()
+    args = gpu_check.parse_args(["--batch-sizes", "1", "8", "--skip", "vllm"])
+    assert (args.tiny, args.batch_sizes, args.skip, args.new_tokens) == (False, [1, 8], ["vllm"], 128)
+    monkeypatch.setenv("GPU_CHECK_TINY", "1")
+    assert gpu_check.parse_args([]).tiny
+    tiny = gpu_check.build_config(tiny=gpu_check.parse_args([]).tiny)
+    assert tiny.text_config.hidden_size == 64 and tiny.audio_config.num_mel_bins == 128
+
+
+def test_shell_entry_point_prints_the_shapes():
+    env = {**os.environ, "GPU_CHECK_TINY": "0"}
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--configs-only"], cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    shapes = json.loads(result.stdout[result.stdout.index("{") :])
+    assert shapes["llm"] == {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
