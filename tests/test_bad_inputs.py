@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from desta_audio import testing as tiny_assets
+from desta_audio.testing import sft_record
 from processing import AudioDecodeError, DestaProcessor, load_audio
 from processing.audio_sources import AudioSourceError, AudioSourcePolicy
 
@@ -666,21 +667,6 @@ def test_corrupt_middle_line_names_file_and_line(clips, tmp_path):
 
 
 # ----------------------------------------------------------------------------- train_sft.py
-def _record(rid, audio, response="A tone."):
-    return {
-        "id": rid,
-        "messages": [
-            {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "audio", "path": audio, "transcript": ""},
-                    {"type": "text", "text": "What is it?"},
-                ],
-            },
-        ],
-        "response": response,
-    }
 
 
 def _sft_config(out, **overrides):
@@ -724,8 +710,11 @@ def test_skip_never_aborts_even_when_a_whole_batch_is_bad(llm_dir, whisper_dir, 
     from trl import ModelConfig
 
     model, processor = load_model_and_processor(args, ModelConfig(dtype="float32"), seed=0)
-    rows = [_record("bad-0", str(tmp_path / "gone.wav")), _record("bad-1", str(audio_dir / "corrupt.wav"))]
-    rows += [_record(f"good-{i}", str(audio_dir / "tone.wav")) for i in range(2)]
+    rows = [
+        sft_record("bad-0", str(tmp_path / "gone.wav"), "A tone."),
+        sft_record("bad-1", str(audio_dir / "corrupt.wav"), "A tone."),
+    ]
+    rows += [sft_record(f"good-{i}", str(audio_dir / "tone.wav"), "A tone.") for i in range(2)]
     trainer = build_trainer(
         model,
         processor,
@@ -745,7 +734,10 @@ def test_streamed_dataset_filters_bad_records_before_batching(tiny_parts, audio_
     from desta_audio.training.setup import skip_bad_records
 
     _, processor = tiny_parts
-    rows = [_record("bad", str(tmp_path / "gone.wav")), _record("good", str(audio_dir / "tone.wav"))]
+    rows = [
+        sft_record("bad", str(tmp_path / "gone.wav"), "A tone."),
+        sft_record("good", str(audio_dir / "tone.wav"), "A tone."),
+    ]
     collator = DestaSFTCollator(processor, on_bad_record="skip")
     stream = skip_bad_records(datasets.Dataset.from_list(rows).to_iterable_dataset(), collator)
     assert [r["id"] for r in stream] == ["good"] and collator.skipped == {"missing_audio": 1}
@@ -806,7 +798,7 @@ def test_seed_makes_the_fresh_connector_reproducible(llm_dir, whisper_dir):
 def test_train_data_tolerates_a_torn_last_line_and_names_a_corrupt_one(tmp_path, caplog):
     from desta_audio.training.setup import load_sft_dataset
 
-    rows = [_record(f"r{i}", "clip.wav") for i in range(3)]
+    rows = [sft_record(f"r{i}", "clip.wav", "A tone.") for i in range(3)]
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "r3", "mess')
     with caplog.at_level(logging.WARNING):

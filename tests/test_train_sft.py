@@ -22,6 +22,7 @@ import torch
 from conftest import REPO_ROOT
 
 from desta_audio import testing as tiny_assets
+from desta_audio.testing import sft_record
 from desta_audio.training.collator import (
     IGNORE_INDEX,
     BadRecordError,
@@ -40,24 +41,6 @@ SUBPROCESS_ENV = {
 }
 CPU_TRAINING = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
 SMALL_CONNECTOR = ["--num_audio_queries", "4", "--qformer_num_hidden_layers", "1", "--qformer_intermediate_size", "64"]
-
-
-def record(rid: str, audio: str, response: str, instruction: str = "What is it?", transcript: str = "") -> dict:
-    """A record as build_dataset.py writes it: system + user (audio item, text), the target in `response`."""
-    return {
-        "id": rid,
-        "messages": [
-            {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "audio", "path": audio, "transcript": transcript},
-                    {"type": "text", "text": instruction},
-                ],
-            },
-        ],
-        "response": response,
-    }
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -138,7 +121,7 @@ def test_labels_cover_exactly_the_response_and_end_of_turn(tiny_parts, audio_dir
     _, processor = tiny_parts
     collator = DestaSFTCollator(processor, audio_root=audio_dir)
     response = "A man says hello world, calmly."
-    encoded = collator.encode(record("r1", "hello.wav", response, transcript="hello world"))
+    encoded = collator.encode(sft_record("r1", "hello.wav", response, transcript="hello world"))
 
     tokenizer = processor.tokenizer
     expected = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
@@ -157,7 +140,7 @@ def test_reference_format_and_final_assistant_turn_give_the_same_example(tiny_pa
     """DeSTA-AQA5M's string content with <|AUDIO|> + `audios`, and a final assistant message instead of `response`."""
     _, processor = tiny_parts
     collator = DestaSFTCollator(processor, audio_root=audio_dir)
-    ours = collator.encode(record("a", "hello.wav", "Hello.", transcript="hello world"))
+    ours = collator.encode(sft_record("a", "hello.wav", "Hello.", transcript="hello world"))
     reference = {
         "id": "b",
         "messages": [
@@ -178,13 +161,13 @@ def test_reference_format_and_final_assistant_turn_give_the_same_example(tiny_pa
 def test_audio_from_the_record_column_and_arrays(tiny_parts):
     _, processor = tiny_parts
     clip = {"array": tiny_assets.sine(1.0), "sampling_rate": 16000}
-    row = record("c", None, "A tone.")
+    row = sft_record("c", None, "A tone.")
     row["audio"] = clip  # a datasets Audio value fills the item that names no audio
     example = normalize_record(row)
     item = example.messages[1]["content"][0]
     assert item["audio"] is clip and "path" not in item
     assert (
-        normalize_record(record("d", "x/y.wav", "ok"), audio_root="/data").messages[1]["content"][0]["path"]
+        normalize_record(sft_record("d", "x/y.wav", "ok"), audio_root="/data").messages[1]["content"][0]["path"]
         == "/data/x/y.wav"
     )
     batch = DestaSFTCollator(processor)([row])
@@ -193,7 +176,10 @@ def test_audio_from_the_record_column_and_arrays(tiny_parts):
 
 def test_padding_left_or_right_gives_the_same_loss(tiny_parts, audio_dir):
     model, processor = tiny_parts
-    rows = [record("a", "hello.wav", "Short."), record("b", "numbers.wav", "A longer answer with more words in it.")]
+    rows = [
+        sft_record("a", "hello.wav", "Short."),
+        sft_record("b", "numbers.wav", "A longer answer with more words in it."),
+    ]
     losses = {}
     for side in ("left", "right"):
         batch = DestaSFTCollator(processor, audio_root=audio_dir, padding_side=side)(rows)
@@ -206,14 +192,14 @@ def test_padding_left_or_right_gives_the_same_loss(tiny_parts, audio_dir):
 
 def test_bad_records_raise_or_are_skipped_and_counted_never_trained_without_audio(tiny_parts, audio_dir):
     _, processor = tiny_parts
-    good = record("good", "hello.wav", "Hello.")
-    missing = record("missing", "no_such_file.wav", "Hello.")
+    good = sft_record("good", "hello.wav", "Hello.")
+    missing = sft_record("missing", "no_such_file.wav", "Hello.")
     text_only = {
         "id": "text",
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
         "response": "Hi.",
     }
-    long_answer = record("long", "hello.wav", "word " * 200)
+    long_answer = sft_record("long", "hello.wav", "word " * 200)
 
     strict = DestaSFTCollator(processor, audio_root=audio_dir, max_length=100)
     for bad, reason in ((missing, "missing_audio"), (text_only, "no_audio"), (long_answer, "too_long")):
@@ -239,7 +225,7 @@ def test_dataset_loading_from_build_dataset_folders_and_files(tmp_path):
 
     from desta_audio.training.setup import DestaScriptArguments, load_sft_dataset
 
-    rows = [record(f"r{i}", f"{i}.wav", "ok") for i in range(3)]
+    rows = [sft_record(f"r{i}", f"{i}.wav", "ok") for i in range(3)]
     records_only = tmp_path / "records_only"
     write_jsonl(records_only / "records" / "shard-00000-of-00001.jsonl", rows)
     merged = tmp_path / "merged"
@@ -462,7 +448,7 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
     before = snapshot(model)
     memoize_frozen_audio_path(model, processor)
 
-    rows = [record(name, name, ANSWERS[kind], instruction=INSTRUCTION) for name, kind in train_clips]
+    rows = [sft_record(name, name, ANSWERS[kind], instruction=INSTRUCTION) for name, kind in train_clips]
     for row in rows:
         del row["messages"][0]  # no system prompt: a shorter prompt for the tiny LLM
     args = sft_args(
@@ -501,7 +487,7 @@ def test_frozen_whisper_builds_no_graph_under_activation_checkpointing(llm_dir, 
     model, processor = small_model(llm_dir, whisper_dir)
     freeze_for_sft(model).train()
     model.activation_checkpointing_enable()
-    batch = DestaSFTCollator(processor, audio_root=audio_dir)([record("r", "hello.wav", "Hello.")])
+    batch = DestaSFTCollator(processor, audio_root=audio_dir)([sft_record("r", "hello.wav", "Hello.")])
     taps, _ = model.model.encode_audio(batch["input_features"])
     assert not any(tap.requires_grad for tap in taps)
     model(**batch).loss.backward()
@@ -529,7 +515,7 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
     model, processor = small_model(llm_dir, whisper_dir)
     freeze_for_sft(model)
     before = snapshot(model)
-    rows = [record(f"r{i}", name, f"Answer {i}.") for i, name in enumerate(["hello.wav", "tone.wav"] * 2)]
+    rows = [sft_record(f"r{i}", name, f"Answer {i}.") for i, name in enumerate(["hello.wav", "tone.wav"] * 2)]
     trainer = build_trainer(
         model,
         processor,
@@ -588,7 +574,7 @@ def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir
         def on_step_begin(self, args, state, control, **kwargs):
             self.steps.append(state.global_step)
 
-    rows = datasets.Dataset.from_list([record(f"r{i}", "hello.wav", f"Answer {i}.") for i in range(8)])
+    rows = datasets.Dataset.from_list([sft_record(f"r{i}", "hello.wav", f"Answer {i}.") for i in range(8)])
     script_args = DestaScriptArguments(audio_root=str(audio_dir))
 
     def trainer_for(max_steps, callback=None):
@@ -619,7 +605,7 @@ def ddp_run(tmp_path_factory, llm_dir, whisper_dir, audio_dir) -> Path:
     """
     work = tmp_path_factory.mktemp("ddp")
     rows = [
-        record(f"r{i}", name, f"It is {kind}.")
+        sft_record(f"r{i}", name, f"It is {kind}.")
         for i, (name, kind) in enumerate([("hello.wav", "speech"), ("tone.wav", "a tone")] * 4)
     ]
     write_jsonl(work / "data" / "records" / "shard-00000-of-00001.jsonl", rows)
