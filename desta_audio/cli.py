@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import sys
-import threading
 from pathlib import Path
 
 import yaml
@@ -26,7 +25,7 @@ from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from . import evaluation as ev
-from .common import DTYPES, load_pipeline, resolve_device
+from .common import DTYPES, AnswerStream, load_pipeline, resolve_device
 from .demo import add_demo_arguments, run_demo
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
@@ -169,28 +168,12 @@ def run_chat(args) -> int:
 
 def stream_answer(pipe, conversation: list[dict], kwargs: dict) -> dict:
     """Print tokens as `generate` produces them; return the pipeline's full result."""
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result, errors = {}, []
-
-    def answer():
-        try:
-            result.update(pipe(conversation, streamer=streamer, **kwargs))
-        except Exception as error:  # re-raised in the main thread once the streamer is released
-            errors.append(error)
-            streamer.end()
-
-    worker = threading.Thread(target=answer)
-    worker.start()
-    for piece in streamer:
+    stream = AnswerStream(pipe, conversation, kwargs)
+    for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()
-    worker.join()
-    if errors:
-        raise errors[0]
     sys.stdout.write("\n")
-    return result
+    return stream.result
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

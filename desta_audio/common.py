@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Pipeline, pipeline
+from transformers import Pipeline, TextIteratorStreamer, pipeline
 
 from processing import DestaAudioTextToTextPipeline
 
@@ -73,6 +74,33 @@ def load_pipeline(model, processor=None, device: str = "auto", dtype: str = "aut
     return DestaAudioTextToTextPipeline(
         model=model, processor=processor, device=None if device == "auto" else resolve_device(device)
     )
+
+
+class AnswerStream:
+    """Iterate for the answer's text pieces as `generate` makes them; `result` holds the pipeline's output after.
+
+    The pipeline runs on a thread feeding a `TextIteratorStreamer`; an error there is re-raised by the iteration.
+    """
+
+    def __init__(self, pipe, conversation: list[dict], kwargs: dict):
+        self.streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.result: dict = {}
+        self._errors: list[Exception] = []
+        self._thread = threading.Thread(target=self._run, args=(pipe, conversation, kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, pipe, conversation, kwargs) -> None:
+        try:
+            self.result.update(pipe(conversation, streamer=self.streamer, **kwargs))
+        except Exception as error:
+            self._errors.append(error)
+            self.streamer.end()
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.streamer
+        self._thread.join()
+        if self._errors:
+            raise self._errors[0]
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:

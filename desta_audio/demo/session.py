@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import TextIteratorStreamer
 
 from modeling_desta.release_desta import RELEASE_REPO_ID
 from processing import DEFAULT_SYSTEM_PROMPT
 from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError
 from processing.audio_sources import AudioSourcePolicy
 
-from ..common import load_pipeline
+from ..common import AnswerStream, load_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -187,33 +186,6 @@ def generation_kwargs(max_new_tokens: int, temperature: float) -> dict:
         "temperature": temperature,
         "top_p": DEFAULT_TOP_P,
     }
-
-
-class AnswerStream:
-    """Iterate for the answer's text pieces as `generate` makes them; `result` holds the pipeline's output after.
-
-    The pipeline runs on a thread feeding a `TextIteratorStreamer`; an error there is re-raised by the iteration.
-    """
-
-    def __init__(self, pipe, conversation: list[dict], kwargs: dict):
-        self.streamer = TextIteratorStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.result: dict = {}
-        self._errors: list[Exception] = []
-        self._thread = threading.Thread(target=self._run, args=(pipe, conversation, kwargs), daemon=True)
-        self._thread.start()
-
-    def _run(self, pipe, conversation, kwargs) -> None:
-        try:
-            self.result.update(pipe(conversation, streamer=self.streamer, **kwargs))
-        except Exception as error:
-            self._errors.append(error)
-            self.streamer.end()
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self.streamer
-        self._thread.join()
-        if self._errors:
-            raise self._errors[0]
 
 
 def answer(pipe, chat: Chat, system_prompt: str | None, kwargs: dict) -> Iterator[tuple[Chat, list[tuple[str, str]]]]:
