@@ -27,7 +27,12 @@ from transformers import (
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.generation import LogitsProcessor, LogitsProcessorList
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
@@ -35,6 +40,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_desta import DestaConfig, DestaReleaseConfig
 from .connector_desta import DestaConnector
 from .loading_desta import DestaAssemblyMixin
+from .transcription_desta import WindowTranscripts, transcribe_windows
 
 
 class DestaPreTrainedModel(PreTrainedModel):
@@ -384,37 +390,22 @@ class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, Ge
             generate_kwargs["logits_processor"] = LogitsProcessorList(
                 [SuppressTokensOnce(suppressed, whisper.config.vocab_size), *processors]
             )
-        encoder_outputs = BaseModelOutputWithPooling(last_hidden_state=encoder_last_hidden_state)
-        num_windows, _, _ = encoder_last_hidden_state.shape
-        placeholder_features = encoder_last_hidden_state.new_zeros(
-            num_windows, whisper.config.num_mel_bins, 2 * whisper.config.max_source_positions
-        )
-        return whisper.generate(input_features=placeholder_features, encoder_outputs=encoder_outputs, **generate_kwargs)
+        # Encoder outputs alone (no placeholder features): with both, a multilingual Whisper's language detection
+        # raises "specify only one of input_features or encoder_outputs".
+        encoder_outputs = BaseModelOutput(last_hidden_state=encoder_last_hidden_state)
+        return whisper.generate(encoder_outputs=encoder_outputs, **generate_kwargs)
 
-    @torch.no_grad()
-    def no_speech_probability(self, encoder_last_hidden_state: torch.Tensor, cache=None) -> torch.Tensor:
-        """Whisper's probability that each window holds no speech (one decoder step at start-of-transcript).
+    def transcribe_windows(
+        self, encoder_last_hidden_state: torch.Tensor, max_new_tokens: int, no_speech_threshold: float | None = None
+    ) -> WindowTranscripts:
+        """Whisper's greedy transcription of each 30 s window, in a lean loop (see `transcription_desta`).
 
-        The same signal OpenAI's Whisper uses to blank silent segments; it needs no extra model or network.
-        Pass an empty `EncoderDecoderCache` as `cache` to keep this step, whose cross-attention keys and values
-        over every frame are most of a short transcription's cost, for `transcribe(..., cache=cache)` to go on from.
+        Windows whose no-speech probability exceeds `no_speech_threshold` are never decoded. The tokens equal
+        `transcribe`'s (and so `whisper.generate`'s) at a fraction of `generate`'s per-step overhead.
         """
-        whisper = self.model.audio_tower
-        generation_config = whisper.generation_config
-        no_speech_token = generation_config.no_timestamps_token_id - 1
-        start = torch.full(
-            (encoder_last_hidden_state.shape[0], 1),
-            generation_config.decoder_start_token_id,
-            dtype=torch.long,
-            device=encoder_last_hidden_state.device,
+        return transcribe_windows(
+            self.model.audio_tower, encoder_last_hidden_state, max_new_tokens, no_speech_threshold
         )
-        logits = whisper(
-            encoder_outputs=(encoder_last_hidden_state,),
-            decoder_input_ids=start,
-            cache=cache,
-            use_cache=cache is not None,
-        ).logits
-        return logits[:, 0].float().softmax(dim=-1)[:, no_speech_token]
 
 
 def _audio_already_cached(model_inputs: dict, audio_token_id: int | None) -> bool:

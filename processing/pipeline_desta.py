@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from transformers import GenerationConfig, Pipeline
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from .audio_io import audio_source
 
@@ -172,46 +171,24 @@ class DestaAudioTextToTextPipeline(Pipeline):
         A window is blanked when its no-speech probability exceeds `options.no_speech_threshold` (then it is
         never decoded), or when the decoded text's mean token log-probability is under
         `options.logprob_threshold` (OpenAI's defaults: 0.6 and -1.0); tones and noise otherwise come out as
-        hallucinated words such as "You" or "Beeping". The no-speech probe's decoder step, with its
-        cross-attention keys and values, is kept in a cache that the decoding of the other windows continues from.
+        hallucinated words such as "You" or "Beeping". All windows are decoded in one batch.
         """
         if getattr(self.processor, "asr_tokenizer", None) is None:
             raise ValueError(
                 "This checkpoint has no Whisper tokenizer (asr_tokenizer/), so it cannot transcribe; give every "
                 "audio item a 'transcript' (an empty string for none)."
             )
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        no_speech = self.model.no_speech_probability(states, cache=cache)
-        speech = torch.nonzero(no_speech <= options.no_speech_threshold).flatten()
-        texts = [""] * states.shape[0]
-        if speech.numel():
-            if speech.numel() < states.shape[0]:
-                cache.batch_select_indices(speech)
-            decoded = self._greedy_text(states[speech], cache, options)
-            for window, text in zip(speech.tolist(), decoded):
-                texts[window] = text
-        return texts
-
-    def _greedy_text(self, states: torch.Tensor, cache: EncoderDecoderCache, options: "AsrOptions") -> list[str]:
-        """One batched greedy decode of every window in `states`; texts under the log-probability floor are blank."""
-        output = self.model.transcribe(
-            encoder_last_hidden_state=states,
-            cache=cache,
+        result = self.model.transcribe_windows(
+            states,
             max_new_tokens=options.max_new_tokens or self.model.config.audio_config.max_target_positions // 2,
-            return_dict_in_generate=True,
-            output_scores=True,
+            no_speech_threshold=options.no_speech_threshold,
         )
-        whisper = self.model.model.audio_tower
-        scores = whisper.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
-        generated = output.sequences[:, -scores.shape[1] :]
-        counted = generated != whisper.generation_config.pad_token_id
-        mean_logprob = (scores * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
-        texts = self.processor.asr_tokenizer.batch_decode(output.sequences, skip_special_tokens=True)
+        texts = self.processor.asr_tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
         floor = options.logprob_threshold
-        return [
-            "" if floor is not None and logprob < floor else text.strip()
-            for text, logprob in zip(texts, mean_logprob.tolist())
-        ]
+        kept = result.decoded.tolist()
+        if floor is not None:
+            kept = [keep and logprob >= floor for keep, logprob in zip(kept, result.mean_logprob.tolist())]
+        return [text.strip() if keep else "" for text, keep in zip(texts, kept)]
 
     def _window_is_silent(self, waveforms, window_counts, window: int) -> bool:
         clip = int(np.searchsorted(np.cumsum(window_counts), window, side="right"))

@@ -9,7 +9,6 @@ import pytest
 import torch
 from isolation import run_isolated
 from transformers import TextIteratorStreamer, pipeline
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from desta_audio import testing as tiny_assets
 from modeling_desta import DestaForConditionalGeneration
@@ -325,18 +324,16 @@ def test_transcribe_on_shared_states_equals_whispers_own_generate(pipe, clips):
     assert SPOKEN in texts[0].lower() and "good morning" in texts[1].lower()
 
 
-def test_batched_asr_from_the_probe_cache_equals_whisper_alone_per_window(pipe, clips):
-    """Windows whose transcripts end at different lengths, decoded in one batch that goes on from the no-speech
-    probe's cache, get the tokens `whisper.generate` gives each window alone (then padding)."""
+def test_batched_asr_equals_whisper_alone_per_window(pipe, clips):
+    """Windows whose transcripts end at different lengths, decoded in one batch by the pipeline's ASR loop, get
+    the tokens `whisper.generate` gives each window alone (then padding)."""
     model, processor = pipe.model, pipe.processor
     whisper = model.model.audio_tower
     waveforms = [processor.load_audio(clips[name]) for name in ("door", "morning", "numbers", "hello")]
     features, _ = processor.extract_features(waveforms)
     with torch.no_grad():
         _, states = model.model.encode_audio(features, output_last_hidden_state=True)
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        model.no_speech_probability(states, cache=cache)
-        batched = model.transcribe(encoder_last_hidden_state=states, cache=cache, max_new_tokens=30)
+        batched = model.transcribe_windows(states, max_new_tokens=30).tokens
         alone = [whisper.generate(input_features=window[None], max_new_tokens=30)[0] for window in features]
     assert len({len(tokens) for tokens in alone}) > 1  # really different lengths
     for row, expected in zip(batched, alone):
@@ -344,17 +341,18 @@ def test_batched_asr_from_the_probe_cache_equals_whisper_alone_per_window(pipe, 
         assert (row[len(expected) :] == whisper.generation_config.pad_token_id).all()
 
 
-def test_windows_judged_speech_free_are_never_decoded(pipe, clips, monkeypatch):
-    decoded_rows, original = [], pipe.model.transcribe
-
-    def spy(**kwargs):
-        decoded_rows.append(kwargs["encoder_last_hidden_state"].shape[0])
-        return original(**kwargs)
-
-    monkeypatch.setattr(pipe.model, "transcribe", spy)
+def test_windows_judged_speech_free_are_never_decoded(pipe, clips):
+    decoder_rows = []
+    hook = pipe.model.model.audio_tower.get_decoder().register_forward_hook(
+        lambda module, args, kwargs, output: decoder_rows.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
     inputs = [str(clips["tone"]), str(clips["door"]), str(clips["noise"]), str(clips["morning"])]
-    results = pipe(inputs, prompt="What?", max_new_tokens=1, batch_size=4)
-    assert decoded_rows == [2]  # one batched decode, of the two speech windows only
+    try:
+        results = pipe(inputs, prompt="What?", max_new_tokens=1, batch_size=4)
+    finally:
+        hook.remove()
+    # One no-speech probe over the four windows, then one batched decode of the two speech windows only.
+    assert decoder_rows[0] == 4 and max(decoder_rows[1:]) == 2
     assert [r["transcripts"] for r in results][::2] == [[""], [""]]
     assert SPOKEN in results[1]["transcripts"][0].lower() and "good morning" in results[3]["transcripts"][0].lower()
 
