@@ -1,10 +1,11 @@
 """End-to-end inference latency and throughput at batch 1/4/8, split by stage; prints JSON.
 
 The model is CPU-sized: Whisper d_model 384, 4+4 layers, 6 heads, 80 mel bins (the real pretrained
-Whisper tiny.en built from its PyPI package by desta_audio.testing); a fresh
-Q-Former of 2 layers, 64 queries, 4 taps; a random Llama built from a config (hidden 512, 4 layers, 8 heads,
-4 KV heads, vocabulary 32000). Clips are `--clip-seconds` long; even ones are espeak-ng speech (a sentence repeated
-to fill the clip), odd ones sox-free sine tones, so the batch has windows to transcribe and speech-free windows.
+Whisper tiny.en built from its PyPI package by desta_audio.testing); a fresh Q-Former of `--qformer-layers`
+layers (default 2; the release has 6), 64 queries, 4 taps; a random Llama built from a config (hidden 512,
+4 layers, 8 heads, 4 KV heads, vocabulary 32000). Clips are `--clip-seconds` long; even ones are espeak-ng speech
+(a sentence repeated to fill the clip), odd ones sox-free sine tones, so the batch has windows to transcribe and
+speech-free windows.
 
 Stages (seconds for the whole batch, median of `--repeats`): audio decoding, features, encoder (one pass, the
 taps and the normed output for ASR), connector, ASR (the pipeline's own no-speech probe + batched greedy decode,
@@ -57,7 +58,7 @@ LLAMA_SHAPES = dict(
 SENTENCE = "please open the door and close the window of the kitchen before you leave"
 
 
-def build(work: Path, clip_seconds: float):
+def build(work: Path, clip_seconds: float, qformer_layers: int = 2):
     """The benchmark model: the real Whisper tiny.en (built from its PyPI package, cached) and a random Llama."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -69,7 +70,11 @@ def build(work: Path, clip_seconds: float):
     whisper_dir = tiny_assets.cached_whisper_tiny_en()
     processor = DestaProcessor.from_components(work / "llm", whisper_dir)
     model = DestaForConditionalGeneration.from_components(
-        work / "llm", whisper_dir, processor=processor, qformer_num_hidden_layers=2, qformer_intermediate_size=1536
+        work / "llm",
+        whisper_dir,
+        processor=processor,
+        qformer_num_hidden_layers=qformer_layers,
+        qformer_intermediate_size=1536,
     ).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     speech = processor.load_audio(tiny_assets.speak(work / "sentence.wav", SENTENCE))
@@ -148,11 +153,12 @@ def main():
     parser.add_argument("--clip-seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3, help="median of this many timed runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--qformer-layers", type=int, default=2, help="the release has 6")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        model, processor, all_clips = build(Path(work), args.clip_seconds)
+        model, processor, all_clips = build(Path(work), args.clip_seconds, args.qformer_layers)
         pipe = DestaAudioTextToTextPipeline(model=model, processor=processor)
         # Warm-up: first calls pay one-off costs (allocator growth, lazy initialisation) that are not latency.
         stage_times(pipe, all_clips[:2], args.new_tokens, StageClock(1))
@@ -181,7 +187,7 @@ def main():
         "new_tokens": args.new_tokens,
         "whisper": {**WHISPER_SHAPES, "weights": "pretrained tiny.en"},
         "llm": LLAMA_SHAPES,
-        "connector": {"qformer_layers": 2, "queries": 64, "taps": 4},
+        "connector": {"qformer_layers": args.qformer_layers, "queries": 64, "taps": 4},
         "results": results,
     }
     json.dump(report, sys.stdout, indent=2)
