@@ -70,6 +70,7 @@ def transcribe_windows(
             cache.batch_select_indices(rows)
         states = encoder_states[rows]
         prompt = _prompt_after_start(whisper, start_logits[rows])
+        _check_length(whisper, 1 + prompt.shape[1], max_new_tokens)
         logits = _next_token_logits(whisper, states, prompt, cache)
         _greedy_loop(whisper, states, cache, logits, rows, tokens, logprobs)
     counted = tokens != config.pad_token_id
@@ -95,6 +96,16 @@ def _greedy_loop(whisper, states, cache, logits, rows, tokens, logprobs) -> None
             cache.batch_select_indices(keep)
             rows, states, next_tokens = rows[keep], states[keep], next_tokens[keep]
         logits = _next_token_logits(whisper, states, next_tokens[:, None], cache)
+
+
+def _check_length(whisper, prompt_length: int, max_new_tokens: int) -> None:
+    """`generate`'s own limit: the prompt and the new tokens must fit Whisper's decoder positions."""
+    limit = whisper.config.max_target_positions
+    if prompt_length + max_new_tokens > limit:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} plus the {prompt_length}-token Whisper prompt exceeds the decoder's "
+            f"max_target_positions={limit}; ask for at most {limit - prompt_length} new tokens per window."
+        )
 
 
 def _next_token_logits(whisper, states, decoder_input_ids, cache) -> torch.Tensor:

@@ -200,3 +200,10 @@ def test_desta_transcribe_detects_languages_with_a_multilingual_whisper(
     assert torch.equal(model.transcribe(encoder_last_hidden_state=states, max_new_tokens=8), whisper_alone)
     for ours, theirs in zip(model.transcribe_windows(states, max_new_tokens=8).tokens, expected):
         assert_same_tokens(ours, theirs, config)
+
+
+def test_more_new_tokens_than_whisper_positions_is_a_clear_error(real_whisper, speech_states):
+    limit = real_whisper.config.max_target_positions
+    with pytest.raises(ValueError, match=f"max_new_tokens=447 plus the 2-token Whisper prompt exceeds.*{limit}"):
+        transcribe_windows(real_whisper, speech_states[:1], limit - 1)
+    assert transcribe_windows(real_whisper, speech_states[:1], limit - 2).tokens.shape == (1, limit - 2)
