@@ -8,7 +8,11 @@
    decoder does not run (a random decoder would always decode to its length limit).
 3. One training step of the connector at batch 12 (30 s clips, ~300-token sequences as in the release recipe),
    activation checkpointing on, bf16 autocast, AdamW: step time and peak memory.
-4. If vLLM is installed: the `vllm` engine of build_dataset.py on a small random Llama (rows/s, and how many
+4. Whisper's greedy ASR on the encoder states of 30 s windows, at the same batch sizes, with a large-v3
+   generation config (language detection, then transcribe): the pipeline's lean loop (`transcribe_windows`)
+   against `whisper.generate` (`transcribe`), milliseconds per decode step each, and how many windows got the
+   same tokens from both.
+5. If vLLM is installed: the `vllm` engine of build_dataset.py on a small random Llama (rows/s, and how many
    greedy rows match the in-process engine).
 
 `--tiny` (or GPU_CHECK_TINY=1) shrinks every config so the same code runs on a CPU in about a minute.
@@ -26,7 +30,8 @@ import time
 
 import numpy as np
 import torch
-from transformers import WhisperFeatureExtractor
+from transformers import GenerationConfig, WhisperFeatureExtractor
+from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from desta_audio import testing as tiny_assets
 from desta_audio.data.descriptions import generation_messages, load_instructions
@@ -46,6 +51,16 @@ TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2
              "num_key_value_heads": 2}  # fmt: skip
 CLIP_SECONDS = 30.0
 TRAIN_BATCH = 12
+ASR_NEW_TOKENS = 64
+# whisper-large-v3's generation config: 100 language tokens from 50259, then the task tokens; detect, then transcribe.
+LARGE_V3_GENERATION = {
+    "decoder_start_token_id": 50258, "bos_token_id": 50257, "eos_token_id": 50257, "pad_token_id": 50257,
+    "no_timestamps_token_id": 50364, "is_multilingual": True,
+    "lang_to_id": {f"<|{code}|>": 50259 + i for i, code in enumerate(dict.fromkeys(TO_LANGUAGE_CODE.values()))},
+    "task_to_id": {"translate": 50359, "transcribe": 50360}, "forced_decoder_ids": [[1, None], [2, 50360]],
+    "suppress_tokens": [1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93],
+    "begin_suppress_tokens": [220, 50257], "max_length": 448,
+}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--new-tokens", type=int, default=128, help="LLM tokens decoded per row (default: 128)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="pipeline batch sizes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "train", "vllm"], help="parts to skip")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["pipeline", "train", "asr", "vllm"], help="parts to skip"
+    )
     parser.add_argument("--configs-only", action="store_true", help="build and print the configs, run nothing")
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,6 +215,51 @@ def check_training_step(model, processor, device: str) -> dict:
     }
 
 
+def check_asr(model, processor, device: str, batch_sizes: list[int]) -> list[dict]:
+    """The lean greedy loop against `whisper.generate` on the same encoder states (random weights decode until
+    their end token or ASR_NEW_TOKENS, the same for both)."""
+
+    whisper = model.model.audio_tower
+    whisper.generation_config = GenerationConfig(**LARGE_V3_GENERATION)
+    features, _ = processor.extract_features([clip(i) for i in range(max(batch_sizes))])
+    with torch.no_grad():
+        _, states = model.model.encode_audio(features.to(device, model.dtype), output_last_hidden_state=True)
+    model.transcribe_windows(states[:1], max_new_tokens=2)  # warm-up
+    rows = []
+    for batch in batch_sizes:
+        windows = states[:batch]
+        lean, lean_s = timed(device, model.transcribe_windows, windows, max_new_tokens=ASR_NEW_TOKENS)
+        generated, generate_s = timed(
+            device, model.transcribe, encoder_last_hidden_state=windows, max_new_tokens=ASR_NEW_TOKENS
+        )
+        ours = [until_end(row, whisper.generation_config.eos_token_id) for row in lean.tokens]
+        theirs = [until_end(row, whisper.generation_config.eos_token_id) for row in generated]
+        steps = min(max(len(tokens) for tokens in ours) + 1, ASR_NEW_TOKENS)  # forward passes after the prompt
+        rows.append(
+            {
+                "part": f"asr batch {batch} (lean loop vs generate)",
+                "decode_steps": steps,
+                "lean_ms_per_step": round(1000 * lean_s / steps, 2),
+                "generate_ms_per_step": round(1000 * generate_s / steps, 2),
+                "same_tokens_windows": f"{sum(a == b for a, b in zip(ours, theirs))}/{batch}",
+            }
+        )
+    return rows
+
+
+def timed(device: str, work, *args, **kwargs):
+    synchronize(device)
+    started = time.perf_counter()
+    result = work(*args, **kwargs)
+    synchronize(device)
+    return result, time.perf_counter() - started
+
+
+def until_end(tokens: torch.Tensor, end: int) -> list[int]:
+    tokens = tokens.tolist()
+    return tokens[: tokens.index(end)] if end in tokens else tokens
+
+
 def check_vllm(device: str) -> dict:
     """The vllm engine on a small random Llama (head dim 64, which every vLLM attention backend supports)."""
 
@@ -253,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     processor = build_processor(config)
     if "pipeline" not in args.skip:
         rows += check_pipeline(model, processor, args.device, args.batch_sizes, args.new_tokens)
+    if "asr" not in args.skip:
+        rows += check_asr(model, processor, args.device, args.batch_sizes)
     if "train" not in args.skip:
         rows.append(check_training_step(model, processor, args.device))
     del model

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU check of DeSTA2.5-Audio at the release's real sizes, random weights built from configs (no download):
 # the audio-text-to-text pipeline on a 30 s clip at batch 1 and 8 (latency, decode tokens/s, peak GPU memory), one
-# connector training step at batch 12 with activation checkpointing (step time, peak memory), and the vLLM engine of
+# connector training step at batch 12 with activation checkpointing (step time, peak memory), Whisper large-v3's
+# greedy ASR through the lean loop and through `generate` (ms per step, same tokens), and the vLLM engine of
 # build_dataset.py on a small LLM when vLLM is installed. Prints one table (and a JSON line). Budget: under 8 minutes
 # on one H100/H200 (~20 GB of GPU memory).
 #

@@ -53,6 +53,7 @@ def transcribe_windows(
 ) -> WindowTranscripts:
     """Greedy transcription of each window of `encoder_states` (Whisper encoder outputs, one row per window)."""
     config = whisper.generation_config
+    _check_generation_config(config)
     num_windows = encoder_states.shape[0]
     device = encoder_states.device
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -96,6 +97,18 @@ def _greedy_loop(whisper, states, cache, logits, rows, tokens, logprobs) -> None
             cache.batch_select_indices(keep)
             rows, states, next_tokens = rows[keep], states[keep], next_tokens[keep]
         logits = _next_token_logits(whisper, states, next_tokens[:, None], cache)
+
+
+REQUIRED_GENERATION_FIELDS = ("decoder_start_token_id", "no_timestamps_token_id", "eos_token_id", "pad_token_id")
+
+
+def _check_generation_config(config) -> None:
+    missing = [name for name in REQUIRED_GENERATION_FIELDS if getattr(config, name, None) is None]
+    if missing:
+        raise ValueError(
+            f"This Whisper's generation_config has no {', '.join(missing)}: transcribing needs the generation "
+            "config of a Whisper checkpoint (its generation_config.json), not one derived from the model config."
+        )
 
 
 def _check_length(whisper, prompt_length: int, max_new_tokens: int) -> None:

@@ -207,3 +207,9 @@ def test_more_new_tokens_than_whisper_positions_is_a_clear_error(real_whisper, s
     with pytest.raises(ValueError, match=f"max_new_tokens=447 plus the 2-token Whisper prompt exceeds.*{limit}"):
         transcribe_windows(real_whisper, speech_states[:1], limit - 1)
     assert transcribe_windows(real_whisper, speech_states[:1], limit - 2).tokens.shape == (1, limit - 2)
+
+
+def test_whisper_without_its_generation_config_is_a_clear_error(random_features):
+    bare = tiny_assets.build_whisper(d_model=64, seed=4)  # a generation config derived from the model config
+    with pytest.raises(ValueError, match="generation_config has no no_timestamps_token_id"):
+        transcribe_windows(bare, encode(bare, random_features[:1]), 4)
