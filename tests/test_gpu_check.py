@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.sh has not run on a GPU here; what does not need one is checked: its options and configs."""
+"""benchmarks/gpu_check.sh has not run on a GPU here; what does not need one is checked: its options, configs and the
+ASR part on tiny configs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
+
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +51,13 @@ def test_shell_entry_point_prints_the_shapes():
     assert result.returncode == 0, result.stderr[-2000:]
     shapes = json.loads(result.stdout[result.stdout.index("{") :])
     assert shapes["llm"] == {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+
+
+def test_asr_part_runs_on_tiny_configs_and_both_paths_agree():
+    gpu_check = load_gpu_check()
+    config = gpu_check.build_config(tiny=True)
+    model, _ = gpu_check.build_model(config, "cpu", torch.float32)
+    rows = gpu_check.check_asr(model, gpu_check.build_processor(config), "cpu", [1, 2])
+    assert [row["same_tokens_windows"] for row in rows] == ["1/1", "2/2"]
+    assert all(row["lean_ms_per_step"] > 0 and row["generate_ms_per_step"] > 0 for row in rows)
+    assert all(1 <= row["decode_steps"] <= gpu_check.ASR_NEW_TOKENS for row in rows)
