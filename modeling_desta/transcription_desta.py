@@ -65,14 +65,14 @@ def transcribe_windows(
         decoded = no_speech <= no_speech_threshold
     tokens = torch.full((num_windows, max_new_tokens), config.pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(num_windows, max_new_tokens, device=device)
+    prompt = _prompt_after_start(whisper, start_logits)
+    _check_length(whisper, 1 + prompt.shape[1], max_new_tokens)
     rows = torch.nonzero(decoded).flatten()
     if rows.numel() and max_new_tokens > 0:
         if rows.numel() < num_windows:
             cache.batch_select_indices(rows)
         states = encoder_states[rows]
-        prompt = _prompt_after_start(whisper, start_logits[rows])
-        _check_length(whisper, 1 + prompt.shape[1], max_new_tokens)
-        logits = _next_token_logits(whisper, states, prompt, cache)
+        logits = _next_token_logits(whisper, states, prompt[rows], cache)
         _greedy_loop(whisper, states, cache, logits, rows, tokens, logprobs)
     counted = tokens != config.pad_token_id
     mean_logprob = (logprobs * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
