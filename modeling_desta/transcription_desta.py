@@ -90,9 +90,10 @@ def _greedy_loop(whisper, states, cache, logits, rows, tokens, logprobs) -> None
         tokens[rows, step] = next_tokens
         logprobs[rows, step] = scores.log_softmax(dim=-1).gather(1, next_tokens[:, None]).squeeze(1)
         going_on = next_tokens != config.eos_token_id
-        if step + 1 == tokens.shape[1] or not going_on.any():
+        remaining = int(going_on.sum())  # the step's one device-to-host sync
+        if step + 1 == tokens.shape[1] or remaining == 0:
             return
-        if not going_on.all():
+        if remaining < len(going_on):
             keep = torch.nonzero(going_on).flatten()
             cache.batch_select_indices(keep)
             rows, states, next_tokens = rows[keep], states[keep], next_tokens[keep]
