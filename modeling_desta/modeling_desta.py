@@ -40,7 +40,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_desta import DestaConfig, DestaReleaseConfig
 from .connector_desta import DestaConnector
 from .loading_desta import DestaAssemblyMixin
-from .transcription_desta import WindowTranscripts, transcribe_windows
+from .transcription_desta import WindowTranscripts, token_mask, transcribe_windows
 
 
 class DestaPreTrainedModel(PreTrainedModel):
@@ -273,8 +273,7 @@ class SuppressTokensOnce(LogitsProcessor):
     """
 
     def __init__(self, token_ids: list[int], vocab_size: int):
-        self.mask = torch.zeros(vocab_size, dtype=torch.bool)
-        self.mask[torch.tensor(list(token_ids), dtype=torch.long)] = True
+        self.mask = token_mask(token_ids, vocab_size)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self.mask.device != scores.device:

@@ -82,8 +82,8 @@ def transcribe_windows(
 def _greedy_loop(whisper, states, cache, logits, rows, tokens, logprobs) -> None:
     """Fill `tokens`/`logprobs` at `rows` step by step; a window leaves the batch (and the cache) when it ends."""
     config = whisper.generation_config
-    always = _token_mask(config.suppress_tokens, logits.shape[-1], logits.device)
-    at_begin = always | _token_mask(config.begin_suppress_tokens, logits.shape[-1], logits.device)
+    always = token_mask(config.suppress_tokens, logits.shape[-1], logits.device)
+    at_begin = always | token_mask(config.begin_suppress_tokens, logits.shape[-1], logits.device)
     for step in range(tokens.shape[1]):
         scores = logits.masked_fill(at_begin if step == 0 else always, -float("inf"))
         next_tokens = scores.argmax(dim=-1)
@@ -128,7 +128,8 @@ def _next_token_logits(whisper, states, decoder_input_ids, cache) -> torch.Tenso
     return output.logits[:, -1].float()
 
 
-def _token_mask(token_ids, vocab_size: int, device) -> torch.Tensor:
+def token_mask(token_ids, vocab_size: int, device=None) -> torch.Tensor:
+    """A `(vocab_size,)` boolean mask, True at `token_ids` (none when `token_ids` is empty or None)."""
     mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     if token_ids:
         mask[torch.tensor(list(token_ids), dtype=torch.long, device=device)] = True
