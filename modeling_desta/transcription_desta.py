@@ -1,10 +1,10 @@
 """Whisper's greedy short-form transcription of 30-second windows, without `generate`'s per-step overhead.
 
-`WhisperForConditionalGeneration.generate` spends about a third of a tiny.en decode step on a CPU in its own
-bookkeeping (logits processors, stopping criteria, output collection, input preparation); for the few dozen
-tokens of a window that is most of what ASR costs beyond the forward passes. `transcribe_windows` runs the same
-forward passes in a plain loop and applies the same rules `generate` applies to a greedy, timestamp-free,
-single-window decode:
+`WhisperForConditionalGeneration.generate` adds its own bookkeeping to every decode step (logits processors,
+stopping criteria, output collection, input preparation; with its default processors a tiny.en step took 29 ms
+on one CPU core against 19 ms for the forward pass alone), keeps finished windows in the batch, and keeps every
+step's scores when asked for log-probabilities. `transcribe_windows` runs the same forward passes in a plain loop
+and applies the same rules `generate` applies to a greedy, timestamp-free, single-window decode:
 
 - the prompt: start-of-transcript, then (multilingual models) the language token (`generation_config.language`
   or, as `detect_language` does, the most probable language token at start-of-transcript) and the task token,
@@ -32,8 +32,8 @@ class WindowTranscripts:
     """Greedy Whisper tokens per window, with the signals a caller needs to blank a window.
 
     tokens: (windows, steps) generated ids, `pad_token_id` after a window's end and for undecoded windows.
-    mean_logprob: (windows,) mean log-probability of each window's generated tokens (pad and end excluded, as
-        `compute_transition_scores` over `generate`'s scores gives it); 0 for undecoded windows.
+    mean_logprob: (windows,) mean log-probability of each window's generated tokens (pad and end excluded), each
+        the `log_softmax` of that step's suppressed float32 logits; 0 for undecoded windows.
     no_speech_probability: (windows,) probability of Whisper's no-speech token at start-of-transcript.
     decoded: (windows,) whether the window was decoded (its no-speech probability was at most the threshold).
     """
