@@ -36,16 +36,17 @@ from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
 from processing.pipeline_desta import AsrOptions, DestaAudioTextToTextPipeline
 
-WHISPER_SHAPES = dict(
-    d_model=384,
-    encoder_layers=4,
-    decoder_layers=4,
-    encoder_attention_heads=6,
-    decoder_attention_heads=6,
-    encoder_ffn_dim=1536,
-    decoder_ffn_dim=1536,
-    num_mel_bins=80,
-    vocab_size=51865,
+# Read off the loaded tiny.en's config for the report (a hand copy once said vocab_size 51865; tiny.en has 51864).
+WHISPER_REPORTED = (
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "num_mel_bins",
+    "vocab_size",
 )
 LLAMA_SHAPES = dict(
     hidden_size=512,
@@ -89,6 +90,11 @@ def build(work: Path, clip_seconds: float, qformer_layers: int = 2):
         soundfile.write(path, audio, 16000)
         clips.append(str(path))
     return model, processor, clips
+
+
+def whisper_shapes(model) -> dict:
+    config = model.model.audio_tower.config
+    return {name: getattr(config, name) for name in WHISPER_REPORTED}
 
 
 class StageClock:
@@ -185,7 +191,7 @@ def main():
         "platform": platform.processor() or platform.machine(),
         "clip_seconds": args.clip_seconds,
         "new_tokens": args.new_tokens,
-        "whisper": {**WHISPER_SHAPES, "weights": "pretrained tiny.en"},
+        "whisper": {**whisper_shapes(model), "weights": "pretrained tiny.en"},
         "llm": LLAMA_SHAPES,
         "connector": {"qformer_layers": args.qformer_layers, "queries": 64, "taps": 4},
         "results": results,
