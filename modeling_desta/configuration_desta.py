@@ -1,7 +1,7 @@
 """Configuration of DeSTA2.5-Audio: a Whisper audio tower, a Q-Former connector and a causal LM."""
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .release_desta import REFERENCE_AUDIO_LAYER_IDS, RELEASE_MODEL_TYPE
 
@@ -22,6 +22,47 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_desta.DestaForConditionalGeneration",
     "AutoModelForMultimodalLM": "modeling_desta.DestaForConditionalGeneration",
 }
+
+
+# Defaults mirror the release: whisper-large-v3 and Llama-3.1-8B-Instruct.
+RELEASE_AUDIO_CONFIG = {
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "decoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "decoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "decoder_ffn_dim": 5120,
+    "num_mel_bins": 128,
+    "vocab_size": 51866,
+}
+RELEASE_TEXT_CONFIG = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+}
+
+
+def _sub_config(value, default_model_type: str, defaults: dict) -> PreTrainedConfig:
+    """A sub-config from a config object, a dict (its `model_type`, else the default one) or None (the release's)."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    if value is None:
+        return CONFIG_MAPPING[default_model_type](**defaults)
+    if not isinstance(value, dict):
+        raise TypeError(f"A DeSTA sub-config must be a dict, a PreTrainedConfig or None, got {type(value).__name__}.")
+    value = dict(value)
+    model_type = value.pop("model_type", default_model_type)
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"Unknown sub-config model_type {model_type!r}: transformers has no config class for it.")
+    return CONFIG_MAPPING[model_type](**value)
 
 
 def default_audio_layer_ids(num_encoder_layers: int, num_taps: int = 4) -> list[int]:
@@ -59,40 +100,9 @@ class DestaConfig(PreTrainedConfig):
     """
 
     model_type = "desta"
-    # Defaults mirror the release: whisper-large-v3 and Llama-3.1-8B-Instruct.
-    sub_configs_defaults = {
-        "audio_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="whisper",
-            init_kwargs={
-                "d_model": 1280,
-                "encoder_layers": 32,
-                "decoder_layers": 32,
-                "encoder_attention_heads": 20,
-                "decoder_attention_heads": 20,
-                "encoder_ffn_dim": 5120,
-                "decoder_ffn_dim": 5120,
-                "num_mel_bins": 128,
-                "vocab_size": 51866,
-            },
-        ),
-        "text_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="llama",
-            init_kwargs={
-                "hidden_size": 4096,
-                "intermediate_size": 14336,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 32,
-                "num_key_value_heads": 8,
-                "vocab_size": 128256,
-                "max_position_embeddings": 131072,
-                "rms_norm_eps": 1e-5,
-                "bos_token_id": 128000,
-                "eos_token_id": [128001, 128008, 128009],
-            },
-        ),
-    }
+    # Plain `sub_configs` resolved in `__post_init__` (as Qwen2-Audio does) rather than 5.24's `SubConfigSpec`, which
+    # transformers < 5.24 lacks: remote code runs under the user's transformers.
+    sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
 
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -115,6 +125,8 @@ class DestaConfig(PreTrainedConfig):
     asr_generation_config: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self.audio_config = _sub_config(self.audio_config, "whisper", RELEASE_AUDIO_CONFIG)
+        self.text_config = _sub_config(self.text_config, "llama", RELEASE_TEXT_CONFIG)
         super().__post_init__(**kwargs)
         num_encoder_layers = self.audio_config.encoder_layers
         if self.audio_layer_ids is None:

@@ -5,7 +5,11 @@ device and takes the loaded LLM and Whisper modules as they are, so peak memory 
 and no weight is copied twice; only the connector gets new memory (fresh, or the release's tensors, assigned).
 """
 
+import ast
+import functools
+import inspect
 import os
+import textwrap
 
 import torch
 from transformers import (
@@ -240,7 +244,8 @@ def _audio_token_settings(llm, processor, audio_token_id, vocab_size, config_ove
     return tokenizer.convert_tokens_to_ids(audio_token), len(tokenizer) if vocab_size is None else vocab_size
 
 
-# Keyword arguments transformers' Auto classes and pipelines pass that mean nothing for a release folder.
+# Keyword arguments transformers' Auto classes and pipelines pass that a release load honours or that mean nothing
+# for a release folder, whatever their value.
 IGNORED_RELEASE_KWARGS = {
     "trust_remote_code",
     "code_revision",
@@ -250,15 +255,75 @@ IGNORED_RELEASE_KWARGS = {
 }
 
 
+@functools.cache
+def neutral_from_pretrained_values() -> dict:
+    """Each `PreTrainedModel.from_pretrained` keyword of the *installed* transformers with the value that changes
+    nothing: its signature default, or the default of its `kwargs.pop("name", default)` in the source.
+
+    Read from transformers itself so that a keyword a new release starts passing with its neutral value (5.25's
+    `subfolder=""`) needs no edit here.
+    """
+    method = PreTrainedModel.from_pretrained
+    neutral = {
+        name: parameter.default
+        for name, parameter in inspect.signature(method).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(method)))
+    except (OSError, TypeError, SyntaxError):  # no source (frozen install): the signature alone
+        return neutral
+    for node in ast.walk(tree):
+        if _is_kwargs_pop(node) and len(node.args) == 2:
+            try:
+                neutral.setdefault(node.args[0].value, ast.literal_eval(node.args[1]))
+            except ValueError:  # a default computed at run time is not neutral by itself
+                continue
+    return neutral
+
+
+def _is_kwargs_pop(node) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "pop"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "kwargs"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    )
+
+
 def _check_release_kwargs(kwargs: dict) -> None:
-    """Refuse options a release load would otherwise drop silently (e.g. `device_map`); unset ones are fine."""
-    unknown = sorted(
+    """Refuse options a release load cannot honour and would otherwise drop (e.g. `device_map="auto"`).
+
+    A keyword passed with a neutral value (None, an empty dict or string, transformers' own default for it) changes
+    nothing and is accepted: Auto classes and pipelines pass several such.
+    """
+    neutral = neutral_from_pretrained_values()
+    meaningful = sorted(
         key
         for key, value in kwargs.items()
-        if value not in (None, {}) and not key.startswith("_") and key not in IGNORED_RELEASE_KWARGS | set(HUB_KWARGS)
+        if not key.startswith("_")
+        and key not in IGNORED_RELEASE_KWARGS | set(HUB_KWARGS)
+        and not _is_neutral(value, neutral.get(key, None))
     )
-    if unknown:
-        raise TypeError(f"Loading a release-format checkpoint does not support {unknown}.")
+    if meaningful:
+        settings = ", ".join(f"{key}={kwargs[key]!r}" for key in meaningful)
+        raise TypeError(
+            f"Loading a release-format checkpoint does not support {settings}; convert it first "
+            "(`desta-audio convert`) and load the converted folder with those options."
+        )
+
+
+def _is_neutral(value, default) -> bool:
+    if value is None or (isinstance(value, (dict, str, list, tuple)) and not value):
+        return True
+    try:
+        return bool(value == default)
+    except Exception:  # e.g. tensors compare element-wise
+        return False
 
 
 def _release_config(path, config, kwargs: dict) -> dict | None:

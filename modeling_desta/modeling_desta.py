@@ -33,10 +33,9 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     CausalLMOutputWithPast,
 )
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
-from transformers.utils.deprecation import deprecate_kwarg
 
+from .compat_desta import CACHE_NAME, accepts_cache_kwarg, cache_field, output_cache, slice_logits_to_keep
 from .configuration_desta import DestaConfig, DestaReleaseConfig
 from .connector_desta import DestaConnector
 from .loading_desta import DestaAssemblyMixin
@@ -51,7 +50,7 @@ class DestaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # The audio tower's and the LLM's own `_no_split_modules` are collected from them by `post_init`.
     _no_split_modules = ["DestaQFormerLayer"]
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -59,6 +58,9 @@ class DestaPreTrainedModel(PreTrainedModel):
     # A decode step is the embedding lookup plus the LLM (audio is spliced in at prefill only), so it traces
     # without graph breaks; tests/test_model_contract.py compiles it with `fullgraph=True`.
     _can_compile_fullgraph = True
+    # Read by the assisted decoding of transformers after 5.25 (its generation tests ask every model): DeSTA's KV cache
+    # is an ordinary one, so candidate tokens can be rolled back.
+    _is_stateful = False
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -187,8 +189,8 @@ class DestaModel(DestaPreTrainedModel):
             )
         return mask.unsqueeze(-1).to(inputs_embeds.device)
 
+    @accepts_cache_kwarg
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -219,15 +221,15 @@ class DestaModel(DestaPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             return_dict=True,
+            **cache_field(cache),
             **kwargs,
         )
         return BaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            cache=outputs.cache,
+            **cache_field(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -310,8 +312,8 @@ class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, Ge
     def get_audio_features(self, input_features: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, **kwargs)
 
+    @accepts_cache_kwarg
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -347,7 +349,7 @@ class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, Ge
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            **cache_field(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -414,7 +416,7 @@ def _audio_already_cached(model_inputs: dict, audio_token_id: int | None) -> boo
     re-sending its features would find no placeholders to fill.
     """
     has_audio = model_inputs.get("audio_embeds") is not None or model_inputs.get("input_features") is not None
-    cache, input_ids = model_inputs.get("cache"), model_inputs.get("input_ids")
+    cache, input_ids = model_inputs.get(CACHE_NAME), model_inputs.get("input_ids")
     if not has_audio or input_ids is None or cache is None or cache.get_seq_length() == 0:
         return False
     return not bool((input_ids == audio_token_id).any())

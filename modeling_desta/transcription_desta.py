@@ -26,6 +26,8 @@ from transformers import WhisperForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
+from .compat_desta import cache_field
+
 
 @dataclass
 class WindowTranscripts:
@@ -124,7 +126,9 @@ def _check_length(whisper, prompt_length: int, max_new_tokens: int) -> None:
 
 def _next_token_logits(whisper, states, decoder_input_ids, cache) -> torch.Tensor:
     """Float32 logits of the next token (as `generate` takes them), extending `cache` with `decoder_input_ids`."""
-    output = whisper(encoder_outputs=(states,), decoder_input_ids=decoder_input_ids, cache=cache, use_cache=True)
+    output = whisper(
+        encoder_outputs=(states,), decoder_input_ids=decoder_input_ids, use_cache=True, **cache_field(cache)
+    )
     return output.logits[:, -1].float()
 
 

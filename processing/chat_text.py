@@ -1,8 +1,14 @@
-"""Message text as the processor reads it: plain messages are checked, and special-token strings typed in message
-text are fenced so that they are tokenised as text (no forged turns, no injected audio placeholders)."""
+"""Chat messages as the processor reads them: plain messages are checked, message objects become dicts, loose kwargs
+are split between the processor and the template, and the fences that keep special-token strings typed in message
+text inert (tokenised as text: no forged turns, no injected audio placeholders) are defined."""
 
 import dataclasses
+import logging
 import re
+
+from transformers.utils.chat_template_utils import _get_template_variables
+
+logger = logging.getLogger(__name__)
 
 # Private-use characters fencing special-token strings found in message text, so that they are tokenised as
 # plain text (never as the template's control tokens or the audio placeholder). Stripped from user text first.
@@ -11,56 +17,22 @@ FENCED_SPAN = re.compile(f"({INERT_OPEN}[^{INERT_CLOSE}]*{INERT_CLOSE})")
 ROLE_PATTERN = re.compile(r"[A-Za-z][\w-]{0,63}")
 
 
-class InertTextMixin:
-    """Special-token strings in message text made inert; needs `tokenizer`, `audio_token` and the audio markers."""
+def visible_text(text: str) -> str:
+    """Rendered text without the inert fences (what a reader should see)."""
+    return text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
 
-    def _special_token_pattern(self) -> re.Pattern | None:
-        """A regex matching every special token string of the tokenizer (the audio token included)."""
-        key = (id(self.tokenizer), len(self.tokenizer), self.audio_token)
-        if getattr(self, "_special_pattern_key", None) != key:
-            specials = {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
-            specials |= {self.audio_token, *self.tokenizer.all_special_tokens}
-            ordered = sorted((s for s in specials if s), key=len, reverse=True)
-            self._special_pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-            self._special_pattern_key = key
-        return self._special_pattern
 
-    def make_inert(self, text: str) -> str:
-        """Message text with each special-token string fenced, so it is tokenised as text (no forged turns, no
-        injected audio placeholders); `tokenize_prompts` honours the fences, `visible_text` removes them."""
-        text = text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
-        pattern = self._special_token_pattern()
-        return pattern.sub(lambda match: INERT_OPEN + match.group(0) + INERT_CLOSE, text) if pattern else text
+# How a chat template reads message content as items rather than as one string: it loops over the content or
+# indexes into it (vLLM's content-format detection asks the same question).
+CONTENT_ITEM_ACCESS = re.compile(
+    r"for\s+\w+\s+in\s+[\w.]*(\[\s*['\"]content['\"]\s*\]|\.content)"
+    r"|(\[\s*['\"]content['\"]\s*\]|\.content)\s*\[\s*\d+\s*\]"
+)
 
-    @staticmethod
-    def visible_text(text: str) -> str:
-        """Rendered text without the inert fences (what a reader should see)."""
-        return text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
 
-    def tokenize_prompts(self, texts: list[str], add_special_tokens: bool = False, **kwargs) -> list[list[int]]:
-        """Token ids of rendered texts: audio tokens become `<start_audio>` + token + `<end_audio>`, fenced
-        special-token strings are tokenised as plain text. Unfenced text tokenises exactly as the tokenizer does."""
-        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
-        if not any(INERT_OPEN in text for text in texts):
-            encoded = self.tokenizer(
-                [t.replace(self.audio_token, marker) for t in texts], add_special_tokens=add_special_tokens, **kwargs
-            )
-            return list(encoded["input_ids"])
-        return [self._tokenize_fenced(text, marker, add_special_tokens) for text in texts]
-
-    def _tokenize_fenced(self, text: str, marker: str, add_special_tokens: bool) -> list[int]:
-        ids, first = [], True
-        for part in FENCED_SPAN.split(text):
-            if not part:
-                continue
-            fenced = part.startswith(INERT_OPEN)
-            ids += self.tokenizer(
-                part[1:-1] if fenced else part.replace(self.audio_token, marker),
-                add_special_tokens=add_special_tokens and first,
-                split_special_tokens=fenced,
-            ).input_ids
-            first = False
-        return ids
+def template_reads_content_items(chat_template: str) -> bool:
+    """Whether `chat_template` reads message content as a list of `{"type": ...}` items (else as a string)."""
+    return bool(CONTENT_ITEM_ACCESS.search(chat_template))
 
 
 def checked_messages(conversation):
@@ -91,3 +63,55 @@ def check_message(message, index: int) -> None:
             f"Message {index} ({role}) has content {content!r}; give a string or a list of "
             "{'type': 'text'|'audio', ...} items."
         )
+
+
+def normalized_conversations(conversation) -> tuple[list[list[dict]], bool]:
+    """(the chats as lists of plain dicts, whether a batch was given), as `ProcessorMixin.apply_chat_template` reads
+    them: message objects (dataclasses, pydantic models, a chat with `.messages`) become dicts, keys whose value is
+    None are dropped (APIs send `tool_calls: None`) and OpenAI `image_url` parts become HF `image` items."""
+    batched = isinstance(conversation, (list, tuple)) and bool(conversation)
+    batched = batched and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
+    chats = conversation if batched else [conversation]
+    normalized = []
+    for chat in chats:
+        messages = [_plain_message(message) for message in getattr(chat, "messages", chat)]
+        normalized.append([_openai_parts_as_hf({k: v for k, v in m.items() if v is not None}) for m in messages])
+    return normalized, batched
+
+
+def _openai_parts_as_hf(message: dict) -> dict:
+    """OpenAI `image_url` parts as HF `{"type": "image", "url": ...}` items, as the mixin renders them (DeSTA then
+    refuses images by name when tokenizing)."""
+    if not isinstance(message.get("content"), list):
+        return message
+    content = []
+    for part in message["content"]:
+        if isinstance(part, dict) and part.get("type") == "image_url" and "image_url" in part:
+            url = part["image_url"].get("url", "") if isinstance(part["image_url"], dict) else part["image_url"]
+            part = {"type": "image", "url": url}
+        content.append(part)
+    return {**message, "content": content}
+
+
+def _plain_message(value):
+    """Dataclasses and pydantic models, at any depth, as dicts; everything else (text, arrays, bytes) as it is."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: _plain_message(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if callable(getattr(value, "model_dump", None)):
+        return _plain_message(value.model_dump())
+    if isinstance(value, dict):
+        return {key: _plain_message(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_message(item) for item in value]
+    return value
+
+
+def split_call_kwargs(chat_template: str, processor_kwargs: dict | None, kwargs: dict) -> tuple[dict, dict]:
+    """(kwargs for the processor call, variables for the template): a loose kwarg the template does not use goes to
+    the processor, with `ProcessorMixin`'s warning that it belongs in `processor_kwargs`."""
+    template_variables = _get_template_variables(chat_template)
+    stray = {key: value for key, value in kwargs.items() if key not in template_variables}
+    if stray:
+        logger.warning("Kwargs passed to `processor.__call__` have to be in `processor_kwargs` dict, not in `**kwargs`")
+    template_kwargs = {key: value for key, value in kwargs.items() if key in template_variables}
+    return {**(processor_kwargs or {}), **stray}, template_kwargs

@@ -13,6 +13,7 @@ import torch
 from transformers import GenerationConfig, Pipeline
 
 from .audio_io import audio_source
+from .compat_desta import pipeline_generate_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
         self._warn_if_too_long(encoded["input_ids"].shape[1])
         encoded = {key: value.to(self.device) for key, value in encoded.items()}
         generated = self.model.generate(
-            **encoded, audio_embeds=audio_embeds, **self._prepare_generate_kwargs(generate_kwargs or {})
+            **encoded, audio_embeds=audio_embeds, **pipeline_generate_kwargs(self, generate_kwargs or {})
         )
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         outputs, offset = [], 0

@@ -7,26 +7,48 @@ replaces the placeholders with connector outputs; everything else is ordinary te
 
 import math
 import os
+import re
 
 import numpy as np
 import torch
-from transformers import AutoProcessor, BatchFeature, ProcessorMixin
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, ProcessorMixin, WhisperFeatureExtractor
 from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
 from .audio_sources import AudioSourcePolicy
-from .chat_text import FENCED_SPAN, InertTextMixin, check_message, checked_messages
-from .loading_processor import ASR_TOKENIZER_FOLDER, ProcessorAssemblyMixin
+from .chat_text import (
+    FENCED_SPAN,
+    INERT_CLOSE,
+    INERT_OPEN,
+    check_message,
+    checked_messages,
+    normalized_conversations,
+    split_call_kwargs,
+    template_reads_content_items,
+    visible_text,
+)
 
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
 from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
 
 # The release format and the audio-token rule, shared with the model half (the same file; see its docstring).
 from .release_desta import (
-    DEFAULT_AUDIO_TOKEN,
+    HUB_KWARGS,
     REFERENCE_AUDIO_LOCATOR,
+    RELEASE_AUDIO_END_TEXT,
+    RELEASE_AUDIO_START_TEXT,
+    RELEASE_EMPTY_TRANSCRIPT,
     RELEASE_MODEL_TYPE,
+    fetch_component,
+    fetch_release_tokenizer,
+    hub_kwargs,
+    is_release_config,
+    pick_audio_token,
+    read_config_dict,
 )
+
+ASR_TOKENIZER_FOLDER = "asr_tokenizer"
 
 CONTENT_JOINER = "\n\n"
 # Text kwargs applied to the expanded ids; the rest of `TextKwargs` (offsets, overflow, pairs ...) has no meaning
@@ -43,14 +65,21 @@ SUPPORTED_TEXT_KWARGS = {
 }
 
 
-class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
+class DestaProcessorKwargs(ProcessingKwargs, total=False):
+    # `_defaults` rather than 5.24's `text_kwargs` class attribute, which transformers < 5.24 ignores. Only values
+    # that differ from the tokenizer's own defaults (`add_special_tokens=True` is the tokenizer's).
+    _defaults = {"text_kwargs": {"padding": True, "padding_side": "left", "return_tensors": "pt"}}
+
+
+class DestaProcessor(ProcessorMixin):
     r"""
     Wraps a Whisper feature extractor and the LLM tokenizer.
 
     Args:
         feature_extractor (`WhisperFeatureExtractor`): log-mel features for each 30 s window.
         tokenizer: the LLM tokenizer; it must know `audio_token` as a single token.
-        audio_token (`str`): placeholder token replaced by connector outputs.
+        audio_token (`str`, *optional*): placeholder token replaced by connector outputs; defaults to the rule the
+            model's `from_components` follows too (`pick_audio_token`: Llama 3's reserved token 87, else `<|AUDIO|>`).
         num_audio_queries (`int`): placeholders per 30 s window (the model's `num_audio_queries`).
         audio_start_text / audio_end_text (`str`): plain-text markers around each audio span.
         max_transcript_tokens (`int`, *optional*): cap on each transcript's LLM tokens (the release trained
@@ -73,13 +102,13 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
     30 s window per row; `audio_kwargs["sampling_rate"]` is the rate of bare arrays (16 kHz by default).
     """
 
-    text_kwargs = {"padding": True, "padding_side": "left", "add_special_tokens": True, "return_tensors": "pt"}
+    valid_processor_kwargs = DestaProcessorKwargs
 
     def __init__(
         self,
         feature_extractor,
         tokenizer,
-        audio_token: str = DEFAULT_AUDIO_TOKEN,
+        audio_token: str | None = None,
         num_audio_queries: int = 64,
         audio_start_text: str = "<start_audio>",
         audio_end_text: str = "<end_audio>",
@@ -91,7 +120,7 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         trusted_input: bool = True,
         audio_policy: dict | None = None,
     ):
-        self.audio_token = audio_token
+        self.audio_token = pick_audio_token(tokenizer.get_vocab()) if audio_token is None else audio_token
         self.num_audio_queries = num_audio_queries
         self.audio_start_text = audio_start_text
         self.audio_end_text = audio_end_text
@@ -111,15 +140,100 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         # without one (e.g. a model meant to get transcripts from its data) still saves and loads.
         self.asr_tokenizer = None
         if self.audio_token_id in (None, tokenizer.unk_token_id):
-            raise ValueError(f"The tokenizer does not know the audio token {audio_token!r}; add it as a special token.")
+            raise ValueError(
+                f"The tokenizer does not know the audio token {self.audio_token!r}; add it as a special token."
+            )
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_components(
+        cls, llm: str | os.PathLike, whisper: str | os.PathLike, audio_token: str | None = None, **kwargs
+    ) -> "DestaProcessor":
+        """The processor for a model built by `DestaForConditionalGeneration.from_components(llm, whisper)`.
+
+        The audio token follows the rule the model uses too (`pick_audio_token`): the reference's
+        `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3), else `<|AUDIO|>`, added as a special
+        token only if missing. `token`, `cache_dir`, `local_files_only`, `force_download` and `proxies` are used
+        to fetch both; other keyword arguments go to the processor.
+        """
+        fetch = hub_kwargs(kwargs)
+        kwargs = {key: value for key, value in kwargs.items() if key not in HUB_KWARGS}
+        tokenizer = AutoTokenizer.from_pretrained(llm, **fetch)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper, **fetch)
+        return cls._from_parts(tokenizer, feature_extractor, whisper, audio_token, fetch, **kwargs)
+
+    @classmethod
+    def _from_parts(cls, tokenizer, feature_extractor, whisper, audio_token, fetch: dict, **kwargs) -> "DestaProcessor":
+        if audio_token is None:
+            audio_token = pick_audio_token(tokenizer.get_vocab())
+        if audio_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        processor = cls(feature_extractor, tokenizer, audio_token=audio_token, **kwargs)
+        processor.asr_tokenizer = _load_optional_tokenizer(whisper, **fetch)
+        return processor
+
+    @classmethod
+    def from_release(
+        cls, path_or_repo: str | os.PathLike, release: dict | None = None, revision: str | None = None, **kwargs
+    ) -> "DestaProcessor":
+        """The processor of a checkpoint in the authors' release format, in the reference's prompt format.
+
+        Its `placeholder_token` (which must already be in the LLM's tokenizer), `prompt_size` queries, the
+        `<start_audio>`/`<end_audio>` markers, the release's system prompt and `" "` for clips without speech.
+        The tokenizer and feature extractor are fetched from `llm_model_id` and `encoder_model_id`.
+        """
+        fetch = hub_kwargs(kwargs)
+        source = str(path_or_repo)
+        release, tokenizer = fetch_release_tokenizer(path_or_repo, release, revision, fetch)
+        whisper_id = str(release["encoder_model_id"])
+        feature_extractor = fetch_component(
+            WhisperFeatureExtractor.from_pretrained, whisper_id, "Whisper (encoder_model_id)", source, **fetch
+        )
+        return cls._from_parts(
+            tokenizer,
+            feature_extractor,
+            whisper_id,
+            release["placeholder_token"],
+            fetch,
+            num_audio_queries=int(release["prompt_size"]),
+            audio_start_text=RELEASE_AUDIO_START_TEXT,
+            audio_end_text=RELEASE_AUDIO_END_TEXT,
+            default_system_prompt=DEFAULT_SYSTEM_PROMPT,
+            # The reference's data and inference put " " where a clip has no speech: one real token.
+            empty_transcript=RELEASE_EMPTY_TRANSCRIPT,
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DestaProcessor":
+        """Load as usual, plus Whisper's tokenizer from `asr_tokenizer/` when the folder has one; a folder or repo
+        in the authors' release format (`model_type` `desta25`) is built from the components it names."""
+        release = None
+        if not kwargs.get("subfolder"):
+            release = read_config_dict(pretrained_model_name_or_path, kwargs.get("revision"), **hub_kwargs(kwargs))
+        if is_release_config(release):
+            return cls.from_release(pretrained_model_name_or_path, release, **kwargs)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor.asr_tokenizer = _load_optional_tokenizer(
+            pretrained_model_name_or_path, ASR_TOKENIZER_FOLDER, **kwargs
+        )
+        return processor
 
     def save_pretrained(self, save_directory, **kwargs):
         saved = super().save_pretrained(save_directory, **kwargs)
         if getattr(self, "asr_tokenizer", None) is not None:
             self.asr_tokenizer.save_pretrained(os.path.join(save_directory, ASR_TOKENIZER_FOLDER))
         return saved
+
+    def to_dict(self) -> dict:
+        """The saved settings, always with the `auto_map` that `save_pretrained` writes for remote code (the mixin
+        adds it to the instance only when saving, and `from_pretrained` drops it), so save -> load is the identity."""
+        settings = super().to_dict()
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            settings.setdefault("auto_map", {self._auto_class: f"{module}.{type(self).__name__}"})
+        return settings
 
     @property
     def audio_token_id(self) -> int | None:
@@ -179,6 +293,73 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         return features, counts
 
     # ------------------------------------------------------------------ text
+    def _special_token_pattern(self) -> re.Pattern | None:
+        """A regex matching every special token string of the tokenizer (the audio token included)."""
+        key = (id(self.tokenizer), len(self.tokenizer), self.audio_token)
+        if getattr(self, "_special_pattern_key", None) != key:
+            specials = {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
+            specials |= {self.audio_token, *self.tokenizer.all_special_tokens}
+            ordered = sorted((s for s in specials if s), key=len, reverse=True)
+            self._special_pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+            self._special_pattern_key = key
+        return self._special_pattern
+
+    def make_inert(self, text: str) -> str:
+        """Message text with each special-token string fenced, so it is tokenised as text (no forged turns, no
+        injected audio placeholders); `tokenize_prompts` honours the fences, `visible_text` removes them."""
+        text = text.replace(INERT_OPEN, "").replace(INERT_CLOSE, "")
+        pattern = self._special_token_pattern()
+        return pattern.sub(lambda match: INERT_OPEN + match.group(0) + INERT_CLOSE, text) if pattern else text
+
+    visible_text = staticmethod(visible_text)
+
+    def tokenize_prompts(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """Token ids of rendered texts: audio tokens become `<start_audio>` + token + `<end_audio>`, fenced
+        special-token strings are tokenised as plain text. Unfenced text tokenises exactly as the tokenizer does."""
+        if not any(INERT_OPEN in text for text in texts):
+            encoded = self.tokenizer([self._with_markers(t)[0] for t in texts], add_special_tokens=add_special_tokens)
+            return list(encoded["input_ids"])
+        return [self._tokenize_text(text, add_special_tokens)[0] for text in texts]
+
+    def _with_markers(self, text: str) -> tuple[str, list[int]]:
+        """`text` with each audio token wrapped in the plain-text markers, and for each of its characters the index
+        of the character of `text` it comes from (a marker's characters come from their audio token)."""
+        marker = f"{self.audio_start_text}{self.audio_token}{self.audio_end_text}"
+        pieces, origin, position = [], [], 0
+        for match in re.finditer(re.escape(self.audio_token), text):
+            pieces += [text[position : match.start()], marker]
+            origin += [*range(position, match.start()), *[match.start()] * len(marker)]
+            position = match.end()
+        pieces.append(text[position:])
+        origin += range(position, len(text))
+        return "".join(pieces), origin
+
+    def _tokenize_text(self, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of one rendered text and, for each id, the `(start, end)` characters of `text` it stands for
+        (`(0, 0)`-like empty spans for added special tokens)."""
+        ids, spans, position = [], [], 0
+        for part in FENCED_SPAN.split(text):
+            if not part:
+                continue
+            fenced = part.startswith(INERT_OPEN)
+            if fenced:
+                source, origin = part[1:-1], [position + 1 + i for i in range(len(part) - 2)]
+            else:
+                source, origin = self._with_markers(part)
+                origin = [position + i for i in origin]
+            encoded = self.tokenizer(
+                source,
+                add_special_tokens=add_special_tokens and not ids,
+                split_special_tokens=fenced,
+                return_offsets_mapping=True,
+            )
+            ids += encoded.input_ids
+            spans += [
+                (origin[a], origin[b - 1] + 1) if b > a else (position, position) for a, b in encoded.offset_mapping
+            ]
+            position += len(part)
+        return ids, spans
+
     def _transcript_ids(self, transcript: str | None) -> list[int]:
         text = transcript.strip() if transcript and transcript.strip() else self.empty_transcript
         if not text:
@@ -188,20 +369,29 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
 
     def expand_audio_tokens(self, ids: list[int], window_counts: list[int], transcripts: list[str | None]) -> list[int]:
         """Replace each audio token in `ids` with its placeholders (one per connector vector) and transcript."""
-        expanded, audio_index = [], 0
-        for token_id in ids:
+        return self._expand_row(ids, [False] * len(ids), window_counts, transcripts)[0]
+
+    def _expand_row(
+        self, ids: list[int], flags: list[bool], window_counts: list[int], transcripts: list[str | None]
+    ) -> tuple[list[int], list[bool]]:
+        """`expand_audio_tokens`, carrying a per-token flag (the assistant mask) onto the tokens each audio becomes."""
+        expanded, expanded_flags, audio_index = [], [], 0
+        for token_id, flag in zip(ids, flags):
             if token_id != self.audio_token_id:
                 expanded.append(token_id)
+                expanded_flags.append(flag)
                 continue
             if audio_index >= len(window_counts):
                 raise ValueError(
                     f"The text holds more audio placeholders ({self.audio_token!r}) than the {len(window_counts)} "
                     "audio clips given."
                 )
-            expanded.extend([token_id] * (self.num_audio_queries * window_counts[audio_index]))
-            expanded.extend(self._transcript_ids(transcripts[audio_index]))
+            audio_ids = [token_id] * (self.num_audio_queries * window_counts[audio_index])
+            audio_ids += self._transcript_ids(transcripts[audio_index])
+            expanded += audio_ids
+            expanded_flags += [flag] * len(audio_ids)
             audio_index += 1
-        return expanded
+        return expanded, expanded_flags
 
     def __call__(
         self,
@@ -218,7 +408,8 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         if text is None:
             raise ValueError("DestaProcessor needs `text`; audio goes where `audio_token` appears in it.")
         audio_policy = kwargs.pop("audio_policy", None)
-        output_kwargs = self._merge_kwargs(**kwargs)
+        assistant_spans = kwargs.pop("assistant_spans", None)
+        output_kwargs = self._merge_call_kwargs(kwargs)
         texts = [text] if isinstance(text, str) else list(text)
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
@@ -226,7 +417,7 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         sampling_rate = output_kwargs["audio_kwargs"].get("sampling_rate")
         waveforms = [self.load_audio(_with_sampling_rate(a, sampling_rate), audio_policy) for a in audios]
         features, window_counts = self.extract_features(waveforms) if audios else (None, [])
-        encoded = self._encode(texts, window_counts, transcripts, output_kwargs["text_kwargs"])
+        encoded = self._encode(texts, window_counts, transcripts, output_kwargs["text_kwargs"], assistant_spans)
         if features is not None:
             encoded["input_features"] = features
         return encoded
@@ -244,53 +435,80 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         them already).
         """
         kwargs.setdefault("add_special_tokens", False)
-        return self._encode(texts, window_counts, transcripts, self._merge_kwargs(**kwargs)["text_kwargs"])
+        return self._encode(texts, window_counts, transcripts, self._merge_call_kwargs(kwargs)["text_kwargs"])
+
+    def _merge_call_kwargs(self, kwargs: dict) -> dict[str, dict]:
+        return self._merge_kwargs(DestaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
 
     def _encode(
-        self, texts: list[str], window_counts: list[int], transcripts: list[str | None], text_kwargs: dict
+        self,
+        texts: list[str],
+        window_counts: list[int],
+        transcripts: list[str | None],
+        text_kwargs: dict,
+        assistant_spans: list[list[tuple[int, int]]] | None = None,
     ) -> BatchFeature:
+        """Expanded, truncated and padded ids; with `assistant_spans` (character spans of each text's
+        `{% generation %}` blocks) also `assistant_masks`, 1 on every token that overlaps a span."""
         options = dict(text_kwargs)
         unsupported = sorted(k for k, v in options.items() if k not in SUPPORTED_TEXT_KWARGS and v not in (None, False))
         if unsupported:
             raise ValueError(f"DestaProcessor does not support the text kwargs {unsupported}.")
-        return_tensors = options.get("return_tensors")
-        prompt_ids = self.tokenize_prompts(texts, options.get("add_special_tokens", True))
-        input_ids = self._expand_batch(prompt_ids, window_counts, transcripts)
-        input_ids = [self._truncate(ids, options.get("truncation"), options.get("max_length")) for ids in input_ids]
+        add_special_tokens = options.get("add_special_tokens", True)
+        if assistant_spans is None:
+            prompt_ids = self.tokenize_prompts(texts, add_special_tokens)
+            flags = [[False] * len(ids) for ids in prompt_ids]
+        else:
+            tokenized = [self._tokenize_text(text, add_special_tokens) for text in texts]
+            prompt_ids = [ids for ids, _ in tokenized]
+            flags = [_overlaps(token_spans, spans) for (_, token_spans), spans in zip(tokenized, assistant_spans)]
+        rows = self._expand_batch(prompt_ids, flags, window_counts, transcripts)
+        rows = [
+            self._truncate(ids, row_flags, options.get("truncation"), options.get("max_length"))
+            for ids, row_flags in rows
+        ]
         padding = options.get("padding", True)
-        padded = self.tokenizer.pad(
-            {"input_ids": input_ids},
-            padding=padding,
-            max_length=options.get("max_length") if padding == "max_length" else None,
-            pad_to_multiple_of=options.get("pad_to_multiple_of"),
-            padding_side=options.get("padding_side"),
-            return_attention_mask=options.get("return_attention_mask"),
+        padded = dict(
+            self.tokenizer.pad(
+                {"input_ids": [ids for ids, _ in rows]},
+                padding=padding,
+                max_length=options.get("max_length") if padding == "max_length" else None,
+                pad_to_multiple_of=options.get("pad_to_multiple_of"),
+                padding_side=options.get("padding_side"),
+                return_attention_mask=options.get("return_attention_mask"),
+            )
         )
-        return BatchFeature(dict(padded), tensor_type=return_tensors)
+        if assistant_spans is not None:
+            side = options.get("padding_side") or self.tokenizer.padding_side
+            padded["assistant_masks"] = [
+                _padded_flags(row_flags, len(padded_ids), side)
+                for (_, row_flags), padded_ids in zip(rows, padded["input_ids"])
+            ]
+        return BatchFeature(padded, tensor_type=options.get("return_tensors"))
 
-    def _truncate(self, ids: list[int], truncation, max_length: int | None) -> list[int]:
-        """Cut `ids` to `max_length` on the tokenizer's truncation side; never through an audio span."""
+    def _truncate(self, ids: list[int], flags: list[bool], truncation, max_length: int | None):
+        """Cut `ids` (and their flags) to `max_length` on the tokenizer's truncation side; never through audio."""
         if truncation in (None, False, "do_not_truncate"):
-            return ids
+            return ids, flags
         max_length = self.tokenizer.model_max_length if max_length is None else max_length
         if len(ids) <= max_length:
-            return ids
-        keep_left = self.tokenizer.truncation_side != "left"
-        kept, dropped = (ids[:max_length], ids[max_length:]) if keep_left else (ids[-max_length:], ids[:-max_length])
+            return ids, flags
+        keep = slice(None, max_length) if self.tokenizer.truncation_side != "left" else slice(-max_length, None)
+        dropped = ids[max_length:] if keep.start is None else ids[:-max_length]
         if self.audio_token_id in dropped:
             raise ValueError(
                 f"Truncating a sequence of {len(ids)} tokens to max_length={max_length} would cut into its audio "
                 f"placeholders ({ids.count(self.audio_token_id)} of them); raise max_length or shorten the text."
             )
-        return kept
+        return ids[keep], flags[keep]
 
-    def _expand_batch(self, batch_ids, window_counts, transcripts) -> list[list[int]]:
+    def _expand_batch(self, batch_ids, batch_flags, window_counts, transcripts) -> list[tuple[list[int], list[bool]]]:
         expanded, offset = [], 0
-        for ids in batch_ids:
+        for ids, flags in zip(batch_ids, batch_flags):
             count = sum(1 for token_id in ids if token_id == self.audio_token_id)
             expanded.append(
-                self.expand_audio_tokens(
-                    ids, window_counts[offset : offset + count], transcripts[offset : offset + count]
+                self._expand_row(
+                    ids, flags, window_counts[offset : offset + count], transcripts[offset : offset + count]
                 )
             )
             offset += count
@@ -316,48 +534,73 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
     ):
         """(prompt text with one `audio_token` per audio, the audio items in order).
 
-        Content is either a list of `{"type": "text"|"audio", ...}` items (joined with a blank line), or the
-        reference / DeSTA-AQA5M format: a string with `<|AUDIO|>` locators plus an `audios` list of
-        `{"audio": path, "text": transcript}`, kept verbatim. Special-token strings typed in message text are
-        fenced as inert text (`make_inert`); keep the returned text for `encode_text` / `__call__`. `chat_template`
-        is a template or a template's name (default: the processor's); other kwargs (`tools`,
-        `continue_final_message` ...) go to the template.
+        Content is either a list of `{"type": "text"|"audio", ...}` items, or the reference / DeSTA-AQA5M format: a
+        string with `<|AUDIO|>` locators plus an `audios` list of `{"audio": path, "text": transcript}`, kept
+        verbatim. A template that reads message content as a string (Llama's) gets the items joined with a blank
+        line; one that reads content items gets them as items, an audio as `{"type": "audio", "text": audio_token}`.
+        Special-token strings typed in message text are fenced as inert text (`make_inert`); keep the returned text
+        for `encode_text` / `__call__`. `chat_template` is a template or a template's name (default: the
+        processor's); other kwargs (`tools`, `continue_final_message` ...) go to the template.
         """
-        messages, audio_items = [], []
+        text, audio_items, _, unsupported = self._render(
+            conversation, add_generation_prompt, chat_template, **template_kwargs
+        )
+        _refuse_unsupported_items(unsupported)
+        return text, audio_items
+
+    def _render(self, conversation, add_generation_prompt, chat_template=None, **template_kwargs):
+        """(text, audio items, character spans of the `{% generation %}` blocks, item types DeSTA cannot take)."""
+        template = self._resolve_chat_template(chat_template)
+        as_items = template_reads_content_items(template)
+        messages, audio_items, unsupported = [], [], []
         for index, message in enumerate(conversation):
             check_message(message, index)
             if isinstance(message["content"], str):
                 text, items = self._render_reference_content(message["content"], message.get("audios") or [])
+                content = [{"type": "text", "text": text}] if as_items else text
             else:
-                text, items = self._render_items(message["content"])
-            messages.append({"role": message["role"], "content": text})
+                content, items, skipped = self._render_items(message["content"], as_items)
+                unsupported += skipped
+            messages.append({**message, "content": content})
             audio_items.extend(items)
         if self.default_system_prompt and (not messages or messages[0]["role"] != "system"):
-            messages.insert(0, {"role": "system", "content": self.default_system_prompt})
-        text = self.tokenizer.apply_chat_template(
-            messages,
-            chat_template=self._resolve_chat_template(chat_template),
-            tokenize=False,
+            system = self.default_system_prompt
+            messages.insert(
+                0, {"role": "system", "content": [{"type": "text", "text": system}] if as_items else system}
+            )
+        rendered, generation_spans = render_jinja_template(
+            conversations=[messages],
+            chat_template=template,
+            return_assistant_tokens_mask=bool(re.search(r"\{%-?\s*generation\s*-?%\}", template)),
             add_generation_prompt=add_generation_prompt,
-            **template_kwargs,
+            **{**self.tokenizer.special_tokens_map, **template_kwargs},
         )
-        return text, audio_items
+        spans = generation_spans[0] if generation_spans else []
+        return rendered[0], audio_items, spans, unsupported
 
-    def _render_items(self, content: list) -> tuple[str, list[dict]]:
-        parts, audio_items = [], []
+    def _render_items(self, content: list, as_items: bool) -> tuple:
+        """(the content for the template, its audio items, the types of items DeSTA cannot take)."""
+        parts, audio_items, unsupported = [], [], []
         for item in content:
-            if not isinstance(item, dict) or item.get("type") not in ("text", "audio"):
+            if not isinstance(item, dict) or not isinstance(item.get("type"), str):
                 raise ValueError(f"Content items must be {{'type': 'text'|'audio', ...}}; got {item!r}.")
             if item["type"] == "audio":
                 audio_source(item)
-                parts.append(self.audio_token)
+                parts.append({"type": "audio", "text": self.audio_token})
                 audio_items.append(item)
-            else:
+            elif item["type"] == "text":
                 text = item.get("text")
                 if text is not None and not isinstance(text, str):
                     raise ValueError(f"A text item's 'text' must be a string; got {type(text).__name__}: {item!r}.")
-                parts.append(self.make_inert(text or ""))
-        return CONTENT_JOINER.join(parts), audio_items
+                parts.append({**item, "text": self.make_inert(text or "")})
+            elif as_items:  # rendered for the template to show; tokenizing it is refused
+                parts.append(item)
+                unsupported.append(item["type"])
+            else:
+                _refuse_unsupported_items([item["type"]])
+        if as_items:
+            return parts, audio_items, unsupported
+        return CONTENT_JOINER.join(part["text"] for part in parts), audio_items, unsupported
 
     def _render_reference_content(self, content: str, audios: list[dict]) -> tuple[str, list[dict]]:
         if content.count(REFERENCE_AUDIO_LOCATOR) != len(audios):
@@ -400,7 +643,6 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         """
         audio_policy = kwargs.pop("audio_policy", None)
         unsupported = {
-            "return_assistant_tokens_mask": return_assistant_tokens_mask,
             "load_audio_from_video": load_audio_from_video,
             "sanitize_control_tokens": sanitize_control_tokens,
         }
@@ -408,19 +650,18 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
             raise ValueError(
                 f"DestaProcessor.apply_chat_template does not support {[k for k, v in unsupported.items() if v]}."
             )
+        if continue_final_message and add_generation_prompt:
+            raise ValueError(
+                "continue_final_message and add_generation_prompt are not compatible: continue the final message, or "
+                "add a header for a new assistant message."
+            )
+        if continue_final_message and return_assistant_tokens_mask:
+            raise ValueError("continue_final_message is not compatible with return_assistant_tokens_mask.")
         chat_template = self._resolve_chat_template(chat_template)
-        processor_kwargs = self._prepare_processor_kwargs(
-            chat_template,
-            dict(processor_kwargs or {}),
-            kwargs,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
-            return_assistant_tokens_mask=False,
-        )
-        template_kwargs = {key: value for key, value in kwargs.items() if key not in processor_kwargs}
-        conversations, is_batched = self._normalize_conversations(checked_messages(conversation))
+        processor_kwargs, template_kwargs = split_call_kwargs(chat_template, processor_kwargs, kwargs)
+        conversations, is_batched = normalized_conversations(checked_messages(conversation))
         rendered = [
-            self.render_conversation(
+            self._render(
                 c,
                 add_generation_prompt,
                 chat_template=chat_template,
@@ -431,16 +672,19 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
             )
             for c in conversations
         ]
-        texts = [text for text, _ in rendered]
+        texts = [text for text, *_ in rendered]
         if not tokenize:
             texts = [self.visible_text(text) for text in texts]
             return texts if is_batched else texts[0]
+        _refuse_unsupported_items([kind for *_, unsupported_types in rendered for kind in unsupported_types])
+        if return_assistant_tokens_mask:
+            processor_kwargs["assistant_spans"] = [spans for _, _, spans, _ in rendered]
         bos = self.tokenizer.bos_token
         if bos is not None and texts[0].startswith(bos):
             processor_kwargs.setdefault("add_special_tokens", False)  # the template wrote it, as in the mixin
         if return_tensors != "auto":
             processor_kwargs["return_tensors"] = return_tensors
-        items = [item for _, row_items in rendered for item in row_items]
+        items = [item for _, row_items, _, _ in rendered for item in row_items]
         encoded = self(
             text=texts,
             audio=[audio_source(item) for item in items],
@@ -450,11 +694,55 @@ class DestaProcessor(ProcessorAssemblyMixin, InertTextMixin, ProcessorMixin):
         )
         return encoded if return_dict else encoded["input_ids"]
 
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
+    def _resolve_chat_template(self, chat_template: str | None) -> str:
+        """The template to render: the processor's (its "default" when it has several), one named, or the string."""
+        templates = self.chat_template
+        if isinstance(templates, dict) and chat_template in templates:
+            return templates[chat_template]
+        if chat_template is not None:
+            return chat_template
+        if isinstance(templates, dict):
+            if "default" not in templates:
+                raise ValueError(
+                    f"The processor has several chat templates ({', '.join(templates)}) and none named 'default'; "
+                    "pass chat_template= with one of those names."
+                )
+            return templates["default"]
+        if templates is None:
+            raise ValueError("This processor has no chat template; pass chat_template=.")
+        return templates
 
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
+
+def _refuse_unsupported_items(types: list[str]) -> None:
+    if types:
+        raise ValueError(
+            f"DeSTA takes text and audio content items only; got {sorted(set(types))}. Use "
+            "{'type': 'text', 'text': ...} and {'type': 'audio', 'path'|'url'|'audio'|'array': ...}."
+        )
+
+
+def _overlaps(token_spans: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token's character span, whether it overlaps one of `spans` (the rule of transformers' assistant
+    masks: every token holding a character of a `{% generation %}` block)."""
+    return [
+        any(start < end and start < span_end and end > span_start for span_start, span_end in spans)
+        for start, end in token_spans
+    ]
+
+
+def _padded_flags(flags: list[bool], length: int, side: str) -> list[int]:
+    padding = [0] * (length - len(flags))
+    flags = [int(flag) for flag in flags]
+    return padding + flags if side == "left" else flags + padding
+
+
+def _load_optional_tokenizer(path, subfolder: str = "", **kwargs):
+    """Whisper's tokenizer from `path` (or its `subfolder`), or None where there is none."""
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
+    try:
+        return AutoTokenizer.from_pretrained(path, subfolder=subfolder, **hub_kwargs)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _with_sampling_rate(audio, sampling_rate: int | None):

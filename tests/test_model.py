@@ -9,6 +9,9 @@ from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration
 from modeling_desta import DestaConfig, DestaForConditionalGeneration
 from modeling_desta.configuration_desta import default_audio_layer_ids
 
+# Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
+pytestmark = pytest.mark.compat
+
 
 def random_features(num_windows: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)

@@ -9,6 +9,9 @@ from transformers import WhisperFeatureExtractor
 
 from processing import AudioDecodeError, DestaProcessor, load_audio
 
+# Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
+pytestmark = pytest.mark.compat
+
 
 def _user(content):
     return [{"role": "user", "content": content}]

@@ -31,6 +31,9 @@ from modeling_desta.release_desta import (
 )
 from processing import DEFAULT_SYSTEM_PROMPT, DestaProcessor
 
+# Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
+pytestmark = pytest.mark.compat
+
 GATED_LLM = "meta-llama/Llama-3.1-8B-Instruct"
 
 
@@ -185,6 +188,28 @@ EXPECTED_GATED = (
     f"cannot fetch '{GATED_LLM}', the LLM (llm_model_id) named by {{release}}: access is gated: accept its licence "
     f"at https://huggingface.co/{GATED_LLM}, then log in with `hf auth login` (or token=...)."
 )
+
+
+def test_release_load_takes_neutral_keywords_and_refuses_only_what_it_cannot_honour(release_dir, monkeypatch):
+    """transformers 5.25's Auto classes pass `subfolder=""`; neutral values (None, "", {}, transformers' own
+    defaults, read from the installed `from_pretrained`) load, a value that would change the result is named."""
+    from modeling_desta import loading_desta
+
+    seen = []
+    check = loading_desta._check_release_kwargs
+    monkeypatch.setattr(
+        loading_desta, "_check_release_kwargs", lambda kwargs: seen.append(dict(kwargs)) or check(kwargs)
+    )
+    AutoModel.from_pretrained(release_dir)
+    pipeline("audio-text-to-text", model=str(release_dir))
+    assert len(seen) == 2  # what the installed transformers really passes, accepted
+    neutral = loading_desta.neutral_from_pretrained_values()
+    assert neutral["subfolder"] == "" and neutral["output_loading_info"] is False
+    DestaForConditionalGeneration.from_pretrained(
+        release_dir, subfolder="", output_loading_info=False, device_map=None, key_mapping={}, variant=None
+    )
+    with pytest.raises(TypeError, match=r"does not support device_map='sequential', output_loading_info=True; convert"):
+        AutoModel.from_pretrained(release_dir, device_map="sequential", output_loading_info=True)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from isolation import run_isolated
 
 from modeling_desta import DestaForConditionalGeneration
+
+# Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
+pytestmark = pytest.mark.compat
 
 
 def _inputs(processor, audio_dir):

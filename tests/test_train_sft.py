@@ -117,6 +117,7 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------- collator
 
 
+@pytest.mark.compat
 def test_labels_cover_exactly_the_response_and_end_of_turn(tiny_parts, audio_dir):
     _, processor = tiny_parts
     collator = DestaSFTCollator(processor, audio_root=audio_dir)
@@ -134,6 +135,29 @@ def test_labels_cover_exactly_the_response_and_end_of_turn(tiny_parts, audio_dir
     prompt = tokenizer.decode(encoded.input_ids[: labelled[0]])
     assert "hello world<end_audio>" in prompt and prompt.endswith("assistant<|end_header_id|>\n\n")
     assert encoded.input_features.shape[0] == 1
+
+
+@pytest.mark.compat
+def test_assistant_tokens_mask_is_exactly_the_collators_labels(tiny_parts, audio_dir):
+    """`return_assistant_tokens_mask` (what TRL's `assistant_only_loss=True` reads) through the template's
+    `{% generation %}` marks the same positions the collator labels, so either gives the same loss."""
+    _, processor = tiny_parts
+    collator = DestaSFTCollator(processor, audio_root=audio_dir)
+    record = sft_record("r1", "hello.wav", "A man says hello world, calmly.", transcript="hello world")
+    encoded = collator.encode(record)
+    chat = [*record["messages"], {"role": "assistant", "content": [{"type": "text", "text": record["response"]}]}]
+    chat[1]["content"][0]["path"] = str(audio_dir / "hello.wav")
+    masked = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert masked["input_ids"][0].tolist() == encoded.input_ids
+    mask = masked["assistant_masks"][0].tolist()
+    assert mask == [int(label != IGNORE_INDEX) for label in encoded.labels] and sum(mask) > 5
+    logits = torch.randn(1, len(mask), len(processor.tokenizer))
+    labels = torch.tensor([encoded.labels])
+    from_mask = torch.where(torch.tensor([mask]).bool(), masked["input_ids"], IGNORE_INDEX)
+    shift = lambda t: t[:, 1:].reshape(-1)  # noqa: E731
+    loss_from_labels = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shift(labels))
+    loss_from_mask = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shift(from_mask))
+    assert torch.equal(loss_from_labels, loss_from_mask)
 
 
 def test_reference_format_and_final_assistant_turn_give_the_same_example(tiny_parts, audio_dir):
@@ -174,6 +198,7 @@ def test_audio_from_the_record_column_and_arrays(tiny_parts):
     assert batch["input_features"].shape[0] == 1
 
 
+@pytest.mark.compat
 def test_padding_left_or_right_gives_the_same_loss(tiny_parts, audio_dir):
     model, processor = tiny_parts
     rows = [
@@ -556,6 +581,7 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
     assert (output / "lora_adapter" / "adapter_config.json").exists()
 
 
+@pytest.mark.compat
 def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir, tmp_path):
     import datasets
     from transformers import TrainerCallback

@@ -12,6 +12,9 @@ from modeling_desta import DestaForConditionalGeneration
 from modeling_desta.transcription_desta import transcribe_windows
 from processing import load_audio
 
+# Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
+pytestmark = pytest.mark.compat
+
 MAX_NEW_TOKENS = 30
 # Whisper v2's 99 language tokens in its own order (<|en|> = 50259, <|zh|>, <|de|>, <|es|>, ...).
 CODES = list(dict.fromkeys(TO_LANGUAGE_CODE.values()))[:99]

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from modeling_desta.compat_desta import cache_field, output_cache
 from processing.audio_io import TARGET_SAMPLING_RATE
 
 from ..common import chunks, resolve_device
@@ -132,7 +133,7 @@ class TransformersGenerator:
             if not fits(prefix):
                 return False
             ids = torch.tensor([prefix], device=self.model.device)
-            self.prefix_cache = self.model(input_ids=ids, use_cache=True).cache
+            self.prefix_cache = output_cache(self.model(input_ids=ids, use_cache=True))
             self.prefix_ids = prefix
             logger.info("reusing the KV cache of a %d-token prompt prefix shared by every row", len(prefix))
         return True
@@ -152,7 +153,7 @@ class TransformersGenerator:
         cache = copy.deepcopy(self.prefix_cache)
         cache.batch_repeat_interleave(len(rows))
         device = self.model.device
-        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "cache": cache}
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), **cache_field(cache)}
 
 
 class VLLMGenerator:

@@ -1,0 +1,1 @@
+../modeling_desta/compat_desta.py
