@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, fields, replace
@@ -76,15 +77,38 @@ class AudioSourcePolicy:
         )
 
     def updated(self, overrides: dict) -> "AudioSourcePolicy":
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
+        """This policy with `overrides`; an unknown setting or a value of the wrong type raises (never fails open:
+        `"false"` is not False, `"127.0.0.1"` is not a list of hosts)."""
+        if not isinstance(overrides, dict):
+            raise ValueError(f"an audio policy must be a dict of settings; got {type(overrides).__name__}.")
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f"unknown audio policy setting(s) {unknown}; known: {sorted(known)}")
-        tuples = {k: tuple(v) for k, v in overrides.items() if k in ("url_schemes", "allowed_hosts", "denied_hosts")}
-        return replace(self, **{**overrides, **tuples})
+        checked = {name: _checked_setting(name, getattr(self, name), value) for name, value in overrides.items()}
+        return replace(self, **checked)
 
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+def _checked_setting(name: str, default, value):
+    """`value` for the setting `name`, of the type of its default: bools are bools, numbers are positive numbers,
+    host and scheme lists are lists of strings, `path_root` a string or None."""
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false (a JSON boolean, not a string)"
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        expected = "a list of strings"
+        value = tuple(value) if ok else value
+    elif name == "path_root":
+        ok, expected = value is None or isinstance(value, (str, os.PathLike)), "a folder path or null"
+    else:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok, expected = number and value >= 0, "a non-negative number"
+    if not ok:
+        raise ValueError(f"audio policy setting {name!r} must be {expected}; got {value!r}.")
+    return value
 
 
 # ----------------------------------------------------------------------------- local paths
@@ -200,6 +224,7 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
             raise AudioSourceError(f"{error} (redirected from {url})" if current != url else str(error)) from None
         connection_class = _PinnedHTTPSConnection if parsed.scheme.lower() == "https" else _PinnedHTTPConnection
         connection = connection_class(parsed.hostname, parsed.port, address, _remaining(deadline, url))
+        watchdog = _abort_at_deadline(connection, deadline)
         try:
             target = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
             connection.request("GET", target, headers={"User-Agent": "desta-audio", "Accept-Encoding": "identity"})
@@ -214,10 +239,31 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
                 )
             return _read_body(response, sock, url, policy, deadline)
         except (OSError, http.client.HTTPException) as error:
+            _remaining(deadline, url)  # the watchdog's abort reads as the deadline it is
             raise AudioSourceError(f"could not download audio from {url}: {error or type(error).__name__}.") from None
         finally:
+            watchdog.cancel()
             connection.close()
     raise AudioSourceError(f"could not download audio from {url}: more than {policy.max_redirects} redirects.")
+
+
+def _abort_at_deadline(connection, deadline: float) -> threading.Timer:
+    """A timer that shuts the connection's socket at `deadline`, so one wall-clock deadline covers connecting, the
+    TLS handshake, the status line and headers (read by `getresponse()` under a per-read timeout a server can drip
+    under) and the body."""
+
+    def abort():
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), abort)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _read_body(response, sock, url: str, policy: AudioSourcePolicy, deadline: float) -> bytes:

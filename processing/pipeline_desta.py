@@ -104,11 +104,10 @@ class DestaAudioTextToTextPipeline(Pipeline):
     ) -> dict:
         conversation = inputs if _is_conversation(inputs) else _conversation_from_audio(inputs, prompt, system_prompt)
         text, audio_items = self.processor.render_conversation(conversation, add_generation_prompt=True)
-        return {
-            "text": text,
-            "waveforms": [self.processor.load_audio(audio_source(item), audio_policy) for item in audio_items],
-            "transcripts": [item.get("transcript") for item in audio_items],
-        }
+        self.processor.check_clip_count(len(audio_items))
+        waveforms = [self.processor.load_audio(audio_source(item), audio_policy) for item in audio_items]
+        self.processor.check_audio_budget(waveforms)
+        return {"text": text, "waveforms": waveforms, "transcripts": [item.get("transcript") for item in audio_items]}
 
     def _forward(self, batch: list[dict], generate_kwargs=None, asr_options: "AsrOptions | None" = None) -> list[dict]:
         waveforms = [waveform for item in batch for waveform in item["waveforms"]]

@@ -85,6 +85,10 @@ class DestaProcessor(ProcessorMixin):
         max_transcript_tokens (`int`, *optional*): cap on each transcript's LLM tokens (the release trained
             with 100); `None` keeps whole transcripts.
         max_audio_seconds (`float`): longest clip accepted; longer ones raise instead of being cut.
+        max_request_audio_seconds (`float`, defaults to 600): the audio budget of one request (one chat): its clips'
+            total length. With `max_request_windows` (defaults to 20, i.e. 600 s of whole 30 s windows; every clip
+            takes at least one) it bounds what one chat costs, however many clips it holds, before any feature is
+            computed. Over budget is a `ValueError` naming the limit.
         chat_template (`str`, *optional*): defaults to the tokenizer's.
         default_system_prompt (`str`, *optional*): system message put first in chats that have none (checkpoints
             converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
@@ -114,6 +118,8 @@ class DestaProcessor(ProcessorMixin):
         audio_end_text: str = "<end_audio>",
         max_transcript_tokens: int | None = None,
         max_audio_seconds: float = 600.0,
+        max_request_audio_seconds: float = 600.0,
+        max_request_windows: int = 20,
         chat_template: str | None = None,
         default_system_prompt: str | None = None,
         empty_transcript: str = "",
@@ -126,6 +132,8 @@ class DestaProcessor(ProcessorMixin):
         self.audio_end_text = audio_end_text
         self.max_transcript_tokens = max_transcript_tokens
         self.max_audio_seconds = max_audio_seconds
+        self.max_request_audio_seconds = max_request_audio_seconds
+        self.max_request_windows = max_request_windows
         self.default_system_prompt = default_system_prompt
         self.empty_transcript = empty_transcript
         self.trusted_input = trusted_input
@@ -266,6 +274,32 @@ class DestaProcessor(ProcessorMixin):
             policy=self.source_policy(audio_policy),
         )
 
+    def check_clip_count(self, count: int) -> None:
+        """Refuse, before anything is decoded, a request with more clips than its window budget (each takes one)."""
+        if count > self.max_request_windows:
+            raise ValueError(
+                f"A request holds {count} audio clips, over max_request_windows={self.max_request_windows} (every clip "
+                "takes at least one 30 s window). Send fewer clips, or raise processor.max_request_windows."
+            )
+
+    def check_audio_budget(self, waveforms: list[np.ndarray]) -> None:
+        """Refuse a request whose clips, together, exceed `max_request_audio_seconds` or `max_request_windows`;
+        runs on decoded clips, before feature extraction (what costs memory)."""
+        self.check_clip_count(len(waveforms))
+        seconds = sum(len(w) for w in waveforms) / self.feature_extractor.sampling_rate
+        if seconds > self.max_request_audio_seconds:
+            raise ValueError(
+                f"A request holds {seconds:.1f} s of audio in {len(waveforms)} clips, over "
+                f"max_request_audio_seconds={self.max_request_audio_seconds:g}. Send less audio, or raise "
+                "processor.max_request_audio_seconds."
+            )
+        windows = sum(self.num_windows(w) for w in waveforms)
+        if windows > self.max_request_windows:
+            raise ValueError(
+                f"A request's {len(waveforms)} clips take {windows} 30 s windows, over max_request_windows="
+                f"{self.max_request_windows}. Send fewer or longer clips, or raise processor.max_request_windows."
+            )
+
     def num_windows(self, waveform: np.ndarray) -> int:
         """How many 30 s windows a clip spans; clips over `max_audio_seconds` raise instead of being cut."""
         seconds = len(waveform) / self.feature_extractor.sampling_rate
@@ -361,10 +395,14 @@ class DestaProcessor(ProcessorMixin):
         return ids, spans
 
     def _transcript_ids(self, transcript: str | None) -> list[int]:
+        """A transcript's LLM ids, as inert as message text: special-token strings in it (a forged end of turn, the
+        audio token) are tokenised as plain text."""
+        if transcript is not None and not isinstance(transcript, str):
+            raise ValueError(f"An audio item's 'transcript' must be a string or None; got {type(transcript).__name__}.")
         text = transcript.strip() if transcript and transcript.strip() else self.empty_transcript
         if not text:
             return []
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
         return ids[: self.max_transcript_tokens] if self.max_transcript_tokens is not None else ids
 
     def expand_audio_tokens(self, ids: list[int], window_counts: list[int], transcripts: list[str | None]) -> list[int]:
@@ -413,9 +451,15 @@ class DestaProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         audios = [] if audio is None else list(audio) if isinstance(audio, (list, tuple)) else [audio]
         transcripts = [None] * len(audios) if transcripts is None else list(transcripts)
-        self._check_audio_count(texts, audios, transcripts)
+        row_counts = self._check_audio_count(texts, audios, transcripts)
+        for count in row_counts:
+            self.check_clip_count(count)
         sampling_rate = output_kwargs["audio_kwargs"].get("sampling_rate")
         waveforms = [self.load_audio(_with_sampling_rate(a, sampling_rate), audio_policy) for a in audios]
+        offset = 0
+        for count in row_counts:
+            self.check_audio_budget(waveforms[offset : offset + count])
+            offset += count
         features, window_counts = self.extract_features(waveforms) if audios else (None, [])
         encoded = self._encode(texts, window_counts, transcripts, output_kwargs["text_kwargs"], assistant_spans)
         if features is not None:
@@ -514,8 +558,10 @@ class DestaProcessor(ProcessorMixin):
             offset += count
         return expanded
 
-    def _check_audio_count(self, texts: list[str], audios: list, transcripts: list) -> None:
-        markers = sum(FENCED_SPAN.sub("", t).count(self.audio_token) for t in texts)
+    def _check_audio_count(self, texts: list[str], audios: list, transcripts: list) -> list[int]:
+        """Each text's number of audio placeholders, after checking they match the clips and transcripts."""
+        row_counts = [FENCED_SPAN.sub("", t).count(self.audio_token) for t in texts]
+        markers = sum(row_counts)
         if markers != len(audios):
             raise ValueError(
                 f"The text holds {markers} audio placeholders ({self.audio_token!r}) but {len(audios)} audio clips "
@@ -523,6 +569,7 @@ class DestaProcessor(ProcessorMixin):
             )
         if len(transcripts) != len(audios):
             raise ValueError(f"Got {len(transcripts)} transcripts for {len(audios)} audio clips.")
+        return row_counts
 
     # ------------------------------------------------------------------ chat
     def render_conversation(
