@@ -21,7 +21,10 @@ REMOTE_CODE_PACKAGES = ("modeling_desta", "processing")
 THIRD_PARTY_ALLOWED_IN_REMOTE_CODE = {"torch", "transformers", "numpy"}
 # Audio decoders (the ones transformers' own audio loading uses), imported only where a file is decoded.
 LAZY_AUDIO_BACKENDS = {"torchcodec", "soundfile", "soxr"}
-MAX_LIBRARY_LINES = 500
+# Guard function length, not file length (a file cap once split one class over three files through mixins).
+MAX_FUNCTION_BODY_LINES = 60
+# Longer today, to be split (the one-owner refactor): named here so that no new one slips in.
+LONG_FUNCTIONS_TO_SPLIT = {"desta_audio/demo/ui.py:build_app", "desta_audio/cli.py:add_eval_arguments"}
 # Files that live beside the repository on the developers' machines, never inside it (spelled in pieces so that
 # this file does not name them itself).
 OUTSIDE_REFERENCES = ("../" + "shared", "DESIGN" + ".md")
@@ -105,14 +108,24 @@ print("ok")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-def test_no_library_file_is_past_the_size_limit():
-    long_files = [
-        f"{path.relative_to(REPO_ROOT)}: {count} lines"
-        for package in ALLOWED_IMPORTS
-        for path in python_files(package)
-        if (count := len(path.read_text().splitlines())) > MAX_LIBRARY_LINES
-    ]
-    assert not long_files, "\n".join(long_files)
+def _body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the end of the function."""
+    body = function.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]
+    return function.end_lineno - body[0].lineno + 1
+
+
+def test_no_library_function_is_past_the_length_limit():
+    long_functions = []
+    for package in ALLOWED_IMPORTS:
+        for path in python_files(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = f"{path.relative_to(REPO_ROOT)}:{node.name}"
+                    if _body_lines(node) > MAX_FUNCTION_BODY_LINES and name not in LONG_FUNCTIONS_TO_SPLIT:
+                        long_functions.append(f"{name}: {_body_lines(node)} lines")
+    assert not long_functions, "\n".join(long_functions)
 
 
 def test_no_file_points_outside_the_repository():

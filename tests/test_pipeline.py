@@ -213,7 +213,7 @@ def test_streaming_with_text_iterator_streamer(pipe, clips):
     inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
     expected = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected_text = processor.tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
     worker = threading.Thread(
         target=model.generate,
         kwargs={**inputs, "max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "streamer": streamer},
@@ -222,7 +222,7 @@ def test_streaming_with_text_iterator_streamer(pipe, clips):
     pieces = list(streamer)
     worker.join()
     assert "".join(pieces) == expected_text
-    pipe_streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    pipe_streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
     result = {}
     worker = threading.Thread(
         target=lambda: result.update(pipe(conversation, streamer=pipe_streamer, max_new_tokens=8, min_new_tokens=8))
