@@ -128,6 +128,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "backoff, before the run stops (rerun to resume; default: 8)",
     )
     generation.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="--engine openai: seconds one request may take in all, connecting, waiting and reading the answer "
+        "(a server that never answers or drips is retried, then the run stops; default: 600)",
+    )
+    generation.add_argument(
+        "--keep-truncated-answers",
+        action="store_true",
+        help="--engine openai: keep answers cut at --max-new-tokens (finish_reason 'length'); by default they are "
+        "skipped and counted, never training targets",
+    )
+    generation.add_argument(
         "--max-retry-wait",
         type=float,
         default=60.0,
@@ -226,6 +239,8 @@ def make_generator(args: argparse.Namespace):
             max_concurrency=args.max_concurrency,
             max_retries=args.max_retries,
             max_backoff_s=args.max_retry_wait,
+            timeout_s=args.request_timeout,
+            keep_truncated=args.keep_truncated_answers,
             **options,
         )
     if args.engine == "vllm":
@@ -252,6 +267,8 @@ def build_settings(args: argparse.Namespace, columns) -> dict:
         "top_p": args.top_p,
         "seed": args.seed,
         "asr_model": args.asr_model,
+        # Only when set, so folders built before the flag existed keep their fingerprint.
+        **({"keep_truncated_answers": True} if args.keep_truncated_answers else {}),
     }
 
 

@@ -26,7 +26,7 @@ from desta_audio import testing as tiny_assets
 from desta_audio.data.builder import BuildOptions, build
 from desta_audio.data.descriptions import generation_messages, load_instructions
 from desta_audio.data.engines import TransformersGenerator, VLLMGenerator, render_prompt
-from desta_audio.data.engines_openai import EngineError, OpenAIGenerator
+from desta_audio.data.engines_openai import EngineError, OpenAIGenerator, RejectedAnswer
 from desta_audio.data.sources import SourceColumns, folder_source
 from desta_audio.data.store import record_files, shard_file
 
@@ -296,7 +296,9 @@ def builder_args(corpus: Path, out: Path, serve: Server, *extra: str) -> list[st
         "--audio-dir", str(corpus), "--metadata", str(corpus / "meta.jsonl"), "--audio-column", "file",
         "--transcript-column", "text", "--attribute-columns", "gender", "--dataset-label", "toy",
         "--engine", "openai", "--base-url", serve.base_url, "--model", str(serve.llm_dir),
-        "--max-new-tokens", str(MAX_NEW_TOKENS), "--output-dir", str(out), *extra,
+        "--max-new-tokens", str(MAX_NEW_TOKENS), "--output-dir", str(out),
+        "--keep-truncated-answers",  # the tiny LLM never ends an answer; the in-process engine keeps them
+        *extra,
     ]  # fmt: skip
 
 
@@ -403,3 +405,113 @@ def test_a_run_that_runs_out_of_retries_stops_and_resumes_without_repeats(corpus
     lines = [json.loads(line) for line in shard_file(tmp_path, 0, 1).read_text().splitlines()]
     assert Counter(r["id"] for r in lines) == Counter(f"c{i}.wav" for i in range(ROWS))
     assert json.loads((tmp_path / "summary.json").read_text())["already_done"] == 4
+
+
+# ----------------------------------------------------------------------------- openai: bounded, bad answers refused
+
+
+class ScriptedCompletions(BaseHTTPRequestHandler):
+    """Answers each POST with the next scripted reply: a `choice` dict (as JSON), raw `bytes`, or a `drip` of bytes
+    sent one per 0.2 s (bounded by the script)."""
+
+    replies: list = []
+    requests = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["content-length"]))
+        type(self).requests += 1
+        kind, value = type(self).replies.pop(0) if type(self).replies else ("choice", {"message": {"content": "ok"}})
+        data = json.dumps({"choices": [value]}).encode() if kind == "choice" else value
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if kind != "drip":
+            self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        for start in range(0, len(data), 1 if kind == "drip" else len(data) or 1):
+            try:
+                self.wfile.write(data[start : start + (1 if kind == "drip" else len(data))])
+                self.wfile.flush()
+            except OSError:
+                return
+            if kind == "drip":
+                time.sleep(0.2)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def scripted_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedCompletions)
+    server.daemon_threads = True
+    ScriptedCompletions.replies, ScriptedCompletions.requests = [], 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("choice", "reason"),
+    [
+        ({"message": {"content": None}}, "content is NoneType, not text"),
+        ({"message": {"content": 42}}, "content is int, not text"),
+        ({"message": {"content": [{"type": "text", "text": "hi"}]}}, "content is list, not text"),
+        ({"message": {"content": "  "}}, "the answer is empty"),
+        ({"message": {"content": "cut mid-sen"}, "finish_reason": "length"}, "cut at the token limit"),
+    ],
+)
+def test_unusable_answers_are_asked_again_then_rejected(scripted_server, choice, reason):
+    ScriptedCompletions.replies = [("choice", choice)] * 2
+    answer = OpenAIGenerator(scripted_server, "m", backoff_s=0.01).complete([{"role": "user", "content": "x"}], 0)
+    assert isinstance(answer, RejectedAnswer) and reason in answer
+    assert ScriptedCompletions.requests == 2  # asked once more
+
+
+def test_a_rejected_answer_is_skipped_and_counted_never_a_row(corpus, scripted_server, tmp_path):
+    ScriptedCompletions.replies = [("choice", {"message": {"content": None}})] * 2  # the first row, twice
+    summary = run_build(corpus, tmp_path, OpenAIGenerator(scripted_server, "m", max_concurrency=1), batch_size=ROWS)
+    assert summary.skipped["rejected answer"] == 1 and summary.written == ROWS - 1
+    assert len(records_of(tmp_path)) == ROWS - 1
+    assert all(record["response"] == "ok" for record in records_of(tmp_path).values())
+
+
+def test_a_response_over_the_byte_cap_is_an_error_not_a_memory_spike(scripted_server):
+    ScriptedCompletions.replies = [("bytes", b"x" * 300_000)]
+    engine = OpenAIGenerator(scripted_server, "m", max_response_bytes=100_000)
+    with pytest.raises(EngineError, match="over max_response_bytes=100000"):
+        engine.complete([{"role": "user", "content": "x"}], 0)
+
+
+def test_a_dripping_server_is_cut_at_the_request_timeout_and_retried(scripted_server):
+    ScriptedCompletions.replies = [("drip", b"{" + b" " * 200)] * 2
+    engine = OpenAIGenerator(scripted_server, "m", timeout_s=1.0, max_retries=1, backoff_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(EngineError, match="longer than 1 s in all, still failing after 1 retries"):
+        engine.complete([{"role": "user", "content": "x"}], 0)
+    assert time.monotonic() - started < 20  # each drip would last 40 s
+
+
+def test_request_timeout_flag_reaches_the_engine():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import build_dataset
+
+    args = build_dataset.parse_args(
+        [
+            "--engine",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--request-timeout",
+            "7",
+            "--audio-dir",
+            ".",
+            "--metadata",
+            "m.jsonl",
+            "--output-dir",
+            "out",
+        ]
+    )
+    assert build_dataset.make_generator(args).timeout_s == 7.0

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..common import JsonlWriter, chunks, write_json_atomic
 from .descriptions import generation_messages, pick_instruction, row_random
 from .engines import ResponseGenerator, WhisperTranscriber
+from .engines_openai import RejectedAnswer
 from .sources import BadRow, PreparedRow, SourceColumns, check_columns, make_record, prepare_row
 from .store import ShardLock, check_build_settings, finished_ids, shard_file, stored_clip, summary_file
 
@@ -119,12 +120,15 @@ def process_batch(
     conversations = [generation_messages(d, i) for d, i in zip(descriptions, instructions)]
     batch_seed = row_random(options.seed, rows[0].id, "generation").getrandbits(63)
     responses = generator.generate(conversations, seed=batch_seed)
-    for row in rows:
+    records = []
+    for row, description, instruction, response in zip(rows, descriptions, instructions, responses):
+        if isinstance(response, RejectedAnswer):  # never a training target: skipped and counted
+            summary.skip(row.index, row.id, BadRow("rejected answer", str(response)))
+            continue
         if row.audio_file is None:
             row.audio_file = stored_clip(options.output_dir, row.id, row.audio)
-    return [
-        make_record(row, source.label, d, i, r) for row, d, i, r in zip(rows, descriptions, instructions, responses)
-    ]
+        records.append(make_record(row, source.label, description, instruction, response))
+    return records
 
 
 def build(
