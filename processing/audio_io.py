@@ -29,6 +29,26 @@ TRUNCATION_TOLERANCE_S = 0.05
 INTEGER_SCALES = {np.dtype(np.int8): 2**7, np.dtype(np.int16): 2**15, np.dtype(np.int32): 2**31}
 _INTERNAL_LOCATION = re.compile(r"(?:[\w.]+, )?\S*/\S+\.(?:cpp|cc|h|hpp|py):\d+,?\s*")
 DEFAULT_POLICY = AudioSourcePolicy()
+# What bytes and files may be: self-contained audio files, recognised by their first bytes, before any decoder sees
+# them. ffmpeg's playlist, concat and session demuxers (HLS, ffconcat, SDP/RTP, RTSP descriptions) are text that makes
+# it open other files or sockets (a concat list can name a file outside `path_root`; an SDP binds UDP ports), and
+# none of them starts with one of these signatures. (offset, signature, name)
+AUDIO_SIGNATURES = (
+    (0, b"RIFF", "WAV"),
+    (0, b"RF64", "WAV"),
+    (0, b"fLaC", "FLAC"),
+    (0, b"OggS", "OGG/Opus"),
+    (0, b"ID3", "MP3"),
+    (4, b"ftyp", "MP4/M4A"),
+    (0, b"\x1a\x45\xdf\xa3", "WebM/Matroska"),
+    (0, b"FORM", "AIFF"),
+    (0, b"caff", "CAF"),
+    (0, b".snd", "AU"),
+    (0, b"#!AMR", "AMR"),
+    (0, b"\x30\x26\xb2\x75", "WMA"),
+    (0, b"wvpk", "WavPack"),
+    (0, b"MAC ", "APE"),
+)
 
 
 class AudioDecodeError(ValueError):
@@ -180,8 +200,36 @@ def _decode_bytes(data: bytes, sampling_rate: int, name: str, max_seconds=None) 
     return _decode(data, sampling_rate, name, max_seconds)
 
 
+def audio_container(head: bytes) -> str | None:
+    """The audio file format `head` (a file's first bytes) starts like, or None (not a self-contained audio file)."""
+    for offset, signature, name in AUDIO_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return name
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # an MPEG audio / ADTS frame, no tag
+        return "MP3/AAC"
+    return None
+
+
+def _check_container(data: bytes | str, name: str) -> None:
+    if isinstance(data, str):
+        with open(data, "rb") as handle:
+            head = handle.read(16)
+    else:
+        head = data[:16]
+    if audio_container(head) is None:
+        formats = ", ".join(dict.fromkeys(format_name for _, _, format_name in AUDIO_SIGNATURES))
+        raise AudioDecodeError(
+            f"{name} is not a recognised audio file (it starts with {head[:8]!r}); accepted: {formats}, MP3/AAC "
+            "frames. Playlists, concat lists and stream descriptions (HLS, ffconcat, SDP) are refused."
+        )
+
+
 def _decode(data: bytes | str, sampling_rate: int, name: str, max_seconds) -> np.ndarray:
-    """torchcodec, else (only when torchcodec cannot open the stream) soundfile; errors name both backends."""
+    """torchcodec, else (only when torchcodec cannot open the stream) soundfile; errors name both backends.
+
+    Only self-contained audio files reach either (`audio_container`), so no decode opens a socket or another file.
+    """
+    _check_container(data, name)
     _warn_if_wav_is_cut(data, name)
     errors = []
     for backend, decoder in (("torchcodec", _decode_with_torchcodec), ("soundfile", _decode_with_soundfile)):
