@@ -402,3 +402,47 @@ def test_publish_uploads_exact_file_list_after_verifying(tmp_path, monkeypatch, 
     assert fake_hub.calls[2] == ("upload_folder", "someone/desta25-test", expected)
     assert sent == expected == upload_file_list(work_dir)
     assert "someone/desta25-test" in (work_dir / "README.md").read_text()
+
+
+def _checkpoint_folder(tmp_path: Path, converted_dir: Path) -> Path:
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(converted_dir, folder)
+    return folder
+
+
+def test_only_checkpoint_files_are_uploaded_never_strays(tmp_path, converted_dir):
+    folder = _checkpoint_folder(tmp_path, converted_dir)
+    before = upload_file_list(folder)
+    strays = ["credentials.json", "notes.txt", "logs/run.log", "wandb/run-1/config.yaml", "checkpoint-500/config.json"]
+    for name in strays:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("{}")
+    (folder / "asr_tokenizer").mkdir(exist_ok=True)
+    (folder / "asr_tokenizer" / "tokenizer_config.json").write_text("{}")
+    after = upload_file_list(folder)
+    assert not set(strays) & set(after)
+    assert set(after) == set(before) | {"asr_tokenizer/tokenizer_config.json"}
+
+
+def test_a_link_to_a_file_outside_the_folder_is_refused(tmp_path, converted_dir):
+    folder = _checkpoint_folder(tmp_path, converted_dir)
+    secret = tmp_path / "elsewhere" / "token.txt"
+    secret.parent.mkdir()
+    secret.write_text("hf_secret")
+    (folder / "added_tokens.json").symlink_to(secret)
+    with pytest.raises(PublishError, match=r"added_tokens.json link\(s\) to files outside the folder"):
+        upload_file_list(folder)
+
+
+@pytest.mark.parametrize(
+    ("index", "named"),
+    [
+        ({"metadata": {}}, "has no weight_map"),
+        ({"weight_map": {"lm_head.weight": "../outside.safetensors"}}, "names '../outside.safetensors', not a shard"),
+    ],
+)
+def test_a_bad_safetensors_index_is_named_not_a_crash(tmp_path, converted_dir, index, named):
+    folder = _checkpoint_folder(tmp_path, converted_dir)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(PublishError, match=named):
+        check_folder(folder)

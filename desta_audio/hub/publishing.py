@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import fnmatch
 import json
 import logging
 import os
@@ -25,7 +26,6 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import HfApi
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from modeling_desta import DestaConfig
 
@@ -36,11 +36,40 @@ logger = logging.getLogger(__name__)
 # Packages of this project: remote code reaching for them works here and breaks for every Hub user.
 PROJECT_PACKAGES = ("modeling_desta", "processing", "desta_audio")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-UPLOAD_IGNORE_PATTERNS = ["__pycache__", "__pycache__/*", "*/__pycache__/*", "*.pyc", ".DS_Store", "*.lock"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
-# What a checkpoint folder is made of; anything else (a stray .env, notes, logs, archives) is never uploaded.
-UPLOAD_SUFFIXES = (".safetensors", ".json", ".py", ".jinja", ".md", ".txt", ".model", ".tiktoken", ".yaml", ".yml")
+# What a checkpoint folder is made of, by name: anything else (credentials.json, notes.txt, logs/, wandb/,
+# checkpoint-*/, a stray .env) is never uploaded. Top-level files, then the known sub-folders and their files.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "tokenizer.model",
+    "*.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+CHECKPOINT_FILES = (
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    SAFETENSORS_SINGLE,
+    SAFETENSORS_INDEX,
+    "model-[0-9]*-of-[0-9]*.safetensors",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "*.py",
+    *TOKENIZER_FILES,
+)
+CHECKPOINT_SUBFOLDERS = {
+    "asr_tokenizer": TOKENIZER_FILES,
+    "additional_chat_templates": ("*.jinja",),
+    "lora_adapter": ("adapter_config.json", "adapter_model.safetensors", "README.md"),
+}
 
 
 class PublishError(RuntimeError):
@@ -153,7 +182,9 @@ def _weight_problems(folder: Path) -> list[str]:
     ]
     index_path = folder / SAFETENSORS_INDEX
     if index_path.exists():
-        shards = set(json.loads(index_path.read_text(encoding="utf-8"))["weight_map"].values())
+        shards, index_problems = _index_shards(index_path)
+        if index_problems:
+            return problems + index_problems
         problems += [
             f"{SAFETENSORS_INDEX} names {shard}, which is missing."
             for shard in sorted(shards)
@@ -164,6 +195,21 @@ def _weight_problems(folder: Path) -> list[str]:
     elif not (folder / SAFETENSORS_SINGLE).exists():
         problems.append(f"No weights: neither {SAFETENSORS_SINGLE} nor {SAFETENSORS_INDEX}.")
     return problems
+
+
+def _index_shards(index_path: Path) -> tuple[set[str], list[str]]:
+    """The shard files a safetensors index names, or the problems that make it unreadable: no `weight_map`, or a
+    shard that is not a plain `.safetensors` file name beside the index (`../outside.safetensors`)."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        return set(), [f"{SAFETENSORS_INDEX} is not valid JSON ({error})."]
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        return set(), [f"{SAFETENSORS_INDEX} has no weight_map (save the model with save_pretrained)."]
+    shards = {str(shard) for shard in weight_map.values()}
+    bad = sorted(shard for shard in shards if Path(shard).name != shard or not shard.endswith(".safetensors"))
+    return shards, [f"{SAFETENSORS_INDEX} names {shard!r}, not a shard file beside it." for shard in bad]
 
 
 def _processor_problems(folder: Path) -> list[str]:
@@ -278,18 +324,37 @@ def verify_loads(folder: str | os.PathLike, new_tokens: int = 3, timeout: float 
 
 
 def upload_file_list(folder: str | os.PathLike) -> list[str]:
-    """The exact relative paths `upload` sends: checkpoint file kinds only (`UPLOAD_SUFFIXES`), never a dotfile or
-    anything under a dot-folder (`.env`, `.git/`, `.cache/`), nor VCS, Hub-cache and Python-cache litter."""
+    """The exact relative paths `upload` sends: the checkpoint files by name (`CHECKPOINT_FILES`, and the files of
+    `CHECKPOINT_SUBFOLDERS`), nothing else. A file that is a link resolving outside the folder is an error: its
+    target would be uploaded."""
     folder = Path(folder)
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-    kept = list(filter_repo_objects(files, ignore_patterns=[*UPLOAD_IGNORE_PATTERNS, *DEFAULT_IGNORE_PATTERNS]))
-    known = [f for f in kept if f.endswith(UPLOAD_SUFFIXES) and not any(p.startswith(".") for p in f.split("/"))]
-    left_out = sorted(set(kept) - set(known))
+    kept = [name for name in files if _is_checkpoint_file(name)]
+    _refuse_links_outside(folder, kept)
+    left_out = sorted(set(files) - set(kept))
     if left_out:
         logger.warning(
-            "Not uploading %d file(s) of unknown kind or hidden: %s", len(left_out), ", ".join(left_out[:10])
+            "Not uploading %d file(s) that are not checkpoint files: %s", len(left_out), ", ".join(left_out[:10])
         )
-    return known
+    return kept
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    parts = name.split("/")
+    if len(parts) == 1:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in CHECKPOINT_FILES)
+    patterns = CHECKPOINT_SUBFOLDERS.get(parts[0]) if len(parts) == 2 else None
+    return patterns is not None and any(fnmatch.fnmatchcase(parts[1], pattern) for pattern in patterns)
+
+
+def _refuse_links_outside(folder: Path, names: list[str]) -> None:
+    root = os.path.realpath(folder)
+    outside = [name for name in names if os.path.commonpath([root, os.path.realpath(folder / name)]) != root]
+    if outside:
+        raise PublishError(
+            f"{folder}: {', '.join(outside)} link(s) to files outside the folder; their targets would be uploaded. "
+            "Copy the files in, or remove the links."
+        )
 
 
 def upload(
