@@ -844,3 +844,36 @@ def test_publish_uploads_known_kinds_and_never_writes_the_users_folder(saved_mod
     assert "notes.docx" not in sent["files"] and "README.md" in sent["files"] and "model.safetensors" in sent["files"]
     after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert after == before
+
+
+def _hold_lock(path: Path, mode: str) -> subprocess.Popen:
+    """Another process holding a `flock` (LOCK_SH or LOCK_EX) on `path` until killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script = (
+        "import fcntl, sys, time\nh = open(sys.argv[1], 'a+')\n"
+        f"fcntl.flock(h, fcntl.{mode})\nprint('locked', flush=True)\ntime.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_two_shard_layouts_cannot_build_one_folder_at_once(clips, tmp_path):
+    """`--num-shards 1` running while `--num-shards 2 --shard-index 0` starts: both would generate the same rows."""
+    from desta_audio.data import BuildLockedError
+    from desta_audio.data.store import records_dir
+
+    out = tmp_path / "out"
+    holder = _hold_lock(records_dir(out) / "layout-of-00001.lock", "LOCK_SH")  # a one-shard build is running
+    try:
+        with pytest.raises(BuildLockedError, match=r"with another shard layout \(layout-of-00001\).*--num-shards"):
+            _build(clips, out, shard_index=0, num_shards=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    same_layout = _hold_lock(records_dir(out) / "layout-of-00002.lock", "LOCK_SH")  # shard 0/2 is running
+    try:
+        assert _build(clips, out, shard_index=1, num_shards=2).written == 2  # its sibling shard runs beside it
+    finally:
+        same_layout.kill()
+        same_layout.wait()

@@ -24,7 +24,15 @@ from .descriptions import generation_messages, pick_instruction, row_random
 from .engines import ResponseGenerator, WhisperTranscriber
 from .engines_openai import RejectedAnswer
 from .sources import BadRow, PreparedRow, SourceColumns, check_columns, make_record, prepare_row
-from .store import ShardLock, check_build_settings, finished_ids, shard_file, stored_clip, summary_file
+from .store import (
+    LayoutLock,
+    ShardLock,
+    check_build_settings,
+    finished_ids,
+    shard_file,
+    stored_clip,
+    summary_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +148,15 @@ def build(
 ) -> BuildSummary:
     """Generate records for this shard's rows that are not written yet; write summary(.json) even when interrupted.
 
-    Holds this shard's lock throughout, and refuses a folder built with other `options.settings` (unless `force`).
+    Holds this shard's lock and the folder's shard-layout lock throughout, and refuses a folder built with other
+    `options.settings` (unless `force`).
     """
     if not 0 <= options.shard_index < options.num_shards:
         raise ValueError(f"--shard-index must be in [0, {options.num_shards}); got {options.shard_index}")
-    with ShardLock(options.output_dir, options.shard_index, options.num_shards):
+    with (
+        LayoutLock(options.output_dir, options.num_shards),
+        ShardLock(options.output_dir, options.shard_index, options.num_shards),
+    ):
         if options.settings is not None:
             check_build_settings(options.output_dir, options.settings, options.force)
         return _build_shard(source, columns, generator, options, transcriber)

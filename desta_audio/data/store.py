@@ -34,7 +34,7 @@ SETTINGS_FILE = "build_settings.json"
 
 
 class BuildLockedError(RuntimeError):
-    """Another process is building the same shard into the same folder."""
+    """Another process is building the same shard, or the same folder with another shard layout."""
 
 
 def records_dir(output_dir: str | Path) -> Path:
@@ -199,3 +199,55 @@ class ShardLock(_FileLock):
                 f"another process is building {self.shard} into {self.path.parent.parent} (lock {self.path}); "
                 "wait for it, or run a different --shard-index"
             ) from None
+
+
+class LayoutLock:
+    """The shard layout a folder is being built with: builders of one layout (`--num-shards N`, any index) run side by
+    side; a builder of another layout while they run fails clearly, since both would generate the same rows.
+
+    Each builder holds a shared lock on `records/layout-of-N.lock`, taken *before* it checks that no other layout's
+    lock is held, so of two layouts starting together at least one sees the other.
+    """
+
+    def __init__(self, output_dir: str | Path, num_shards: int):
+        self.folder = records_dir(output_dir)
+        self.num_shards = num_shards
+        self.handle = None
+
+    def acquire(self) -> LayoutLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.folder / f"layout-of-{self.num_shards:05d}.lock", "a+")
+        fcntl.flock(self.handle.fileno(), fcntl.LOCK_SH)
+        for other in sorted(self.folder.glob("layout-of-*.lock")):
+            if other.name != Path(self.handle.name).name and _held(other):
+                self.release()
+                raise BuildLockedError(
+                    f"another process is building {self.folder.parent} with another shard layout ({other.stem}); "
+                    f"wait for it, or use its --num-shards instead of {self.num_shards}"
+                )
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> LayoutLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _held(path: Path) -> bool:
+    """Whether any process holds a lock on `path` (tested with a non-blocking exclusive lock, released at once)."""
+    import fcntl
+
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
