@@ -26,6 +26,8 @@ TARGET_SAMPLING_RATE = 16000
 AUDIO_SOURCE_KEYS = ("path", "audio", "url", "array")
 # Decoded audio shorter than its header's duration by more than this is reported as truncated.
 TRUNCATION_TOLERANCE_S = 0.05
+# Sampling rates an array may declare: telephone audio to the highest studio rates.
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1000, 768000
 INTEGER_SCALES = {np.dtype(np.int8): 2**7, np.dtype(np.int16): 2**15, np.dtype(np.int32): 2**31}
 _INTERNAL_LOCATION = re.compile(r"(?:[\w.]+, )?\S*/\S+\.(?:cpp|cc|h|hpp|py):\d+,?\s*")
 DEFAULT_POLICY = AudioSourcePolicy()
@@ -157,6 +159,11 @@ def _checked_array(waveform: np.ndarray, orig_rate, sampling_rate: int, max_seco
         raise AudioDecodeError(f"an audio array's sampling_rate must be a number; got {orig_rate!r}.")
     if not orig_rate > 0 or int(orig_rate) != orig_rate:
         raise AudioDecodeError(f"an audio array's sampling_rate must be a positive integer; got {orig_rate!r}.")
+    if not MIN_SAMPLING_RATE <= orig_rate <= MAX_SAMPLING_RATE:
+        raise AudioDecodeError(
+            f"an audio array's sampling_rate is {orig_rate:g} Hz; audio is sampled at {MIN_SAMPLING_RATE} to "
+            f"{MAX_SAMPLING_RATE} Hz (is it the rate, not the length?)."
+        )
     _check_duration(len(waveform) / orig_rate, max_seconds, "an audio array")
     return resample(waveform, int(orig_rate), sampling_rate)
 

@@ -35,6 +35,22 @@ def template_reads_content_items(chat_template: str) -> bool:
     return bool(CONTENT_ITEM_ACCESS.search(chat_template))
 
 
+# Deeper than any real chat (message -> content -> item -> value); a bound so that malformed input is an error,
+# not a RecursionError.
+MAX_CONTENT_DEPTH = 16
+
+
+def checked_text(text: str, where: str) -> str:
+    """`text` if it is valid Unicode text (a lone surrogate cannot be tokenised), else a ValueError naming `where`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} is not valid Unicode text: {error.reason} at position {error.start}; send UTF-8 text."
+        ) from None
+    return text
+
+
 def checked_messages(conversation):
     """`conversation` (one chat or a batch), after checking its plain messages; message objects (dataclasses,
     pydantic models) are left to the mixin. Runs before the mixin drops None-valued keys, so `content: None`
@@ -42,6 +58,8 @@ def checked_messages(conversation):
     batched = isinstance(conversation, (list, tuple)) and bool(conversation)
     batched = batched and isinstance(conversation[0], (list, tuple))
     for chat in conversation if batched else [conversation]:
+        if isinstance(chat, (list, tuple)) and not chat:
+            raise ValueError("A conversation needs at least one message; got an empty list.")
         for index, message in enumerate(chat):
             if not (dataclasses.is_dataclass(message) or hasattr(message, "model_dump")):
                 check_message(message, index)
@@ -74,7 +92,7 @@ def normalized_conversations(conversation) -> tuple[list[list[dict]], bool]:
     chats = conversation if batched else [conversation]
     normalized = []
     for chat in chats:
-        messages = [_plain_message(message) for message in getattr(chat, "messages", chat)]
+        messages = [_plain_message(message, 0) for message in getattr(chat, "messages", chat)]
         normalized.append([_openai_parts_as_hf({k: v for k, v in m.items() if v is not None}) for m in messages])
     return normalized, batched
 
@@ -93,16 +111,21 @@ def _openai_parts_as_hf(message: dict) -> dict:
     return {**message, "content": content}
 
 
-def _plain_message(value):
-    """Dataclasses and pydantic models, at any depth, as dicts; everything else (text, arrays, bytes) as it is."""
+def _plain_message(value, depth: int):
+    """Dataclasses and pydantic models, at any depth up to `MAX_CONTENT_DEPTH`, as dicts; everything else (text,
+    arrays, bytes) as it is."""
+    if depth > MAX_CONTENT_DEPTH:
+        raise ValueError(f"A message is nested more than {MAX_CONTENT_DEPTH} levels deep; chat content is flat.")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _plain_message(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        return {
+            field.name: _plain_message(getattr(value, field.name), depth + 1) for field in dataclasses.fields(value)
+        }
     if callable(getattr(value, "model_dump", None)):
-        return _plain_message(value.model_dump())
+        return _plain_message(value.model_dump(), depth + 1)
     if isinstance(value, dict):
-        return {key: _plain_message(item) for key, item in value.items()}
+        return {key: _plain_message(item, depth + 1) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain_message(item) for item in value]
+        return [_plain_message(item, depth + 1) for item in value]
     return value
 
 

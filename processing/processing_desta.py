@@ -23,6 +23,7 @@ from .chat_text import (
     INERT_OPEN,
     check_message,
     checked_messages,
+    checked_text,
     normalized_conversations,
     split_call_kwargs,
     template_reads_content_items,
@@ -399,6 +400,7 @@ class DestaProcessor(ProcessorMixin):
         audio token) are tokenised as plain text."""
         if transcript is not None and not isinstance(transcript, str):
             raise ValueError(f"An audio item's 'transcript' must be a string or None; got {type(transcript).__name__}.")
+        checked_text(transcript or "", "An audio item's transcript")
         text = transcript.strip() if transcript and transcript.strip() else self.empty_transcript
         if not text:
             return []
@@ -639,7 +641,7 @@ class DestaProcessor(ProcessorMixin):
                 text = item.get("text")
                 if text is not None and not isinstance(text, str):
                     raise ValueError(f"A text item's 'text' must be a string; got {type(text).__name__}: {item!r}.")
-                parts.append({**item, "text": self.make_inert(text or "")})
+                parts.append({**item, "text": self.make_inert(checked_text(text or "", "A text item"))})
             elif as_items:  # rendered for the template to show; tokenizing it is refused
                 parts.append(item)
                 unsupported.append(item["type"])
@@ -659,6 +661,7 @@ class DestaProcessor(ProcessorMixin):
             {"type": "audio", "path": entry.get("audio", entry.get("path")), "transcript": entry.get("text")}
             for entry in audios
         ]
+        checked_text(content, "A message's content")
         pieces = [self.make_inert(piece) for piece in content.split(REFERENCE_AUDIO_LOCATOR)]
         return self.audio_token.join(pieces), items
 

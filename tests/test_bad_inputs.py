@@ -388,7 +388,27 @@ def _tone_item(transcript=""):
     return {"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000, "transcript": transcript}
 
 
+def _nested_item(depth: int) -> dict:
+    item = {"type": "text", "text": "x"}
+    for _ in range(depth):
+        item = {"type": "text", "text": "x", "parts": [item]}
+    return item
+
+
 MESSAGE_CASES = [
+    ("empty conversation", [], "A conversation needs at least one message"),
+    (
+        "lone surrogate",
+        [{"role": "user", "content": [{"type": "text", "text": "hi \ud800"}]}],
+        "A text item is not valid",
+    ),
+    ("lone surrogate transcript", [{"role": "user", "content": [_tone_item("\udc00")]}], "transcript is not valid"),
+    ("nested 5000 deep", [{"role": "user", "content": [_nested_item(5000)]}], "nested more than 16 levels deep"),
+    (
+        "sampling rate 1e12",
+        [{"role": "user", "content": [{**_tone_item(), "sampling_rate": 1e12}]}],
+        "audio is sampled at 1000 to 768000 Hz",
+    ),
     ("content None", [{"role": "user", "content": None}], "Message 0 (user) has content None"),
     ("message without role", [{"content": "hi"}], "Message 0 has no 'role'"),
     ("message not a dict", ["hello"], "Message 0 must be a dict"),
