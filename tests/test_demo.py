@@ -166,6 +166,34 @@ def test_uploads_are_decoded_from_bytes_under_the_untrusted_policy(pipe, clips, 
     assert not policy.allow_paths and not policy.allow_urls
 
 
+def test_eight_long_silent_uploads_stop_at_the_audio_budget(pipe, tmp_path, monkeypatch):
+    """One message of 8 uploads of a ~30 KB FLAC holding 599 s of silence: refused at the second clip, which puts the
+    chat over 600 s; the other six are never decoded, and what was decoded stays far under 1 GB."""
+    import tracemalloc
+
+    flac = tmp_path / "long_silence.flac"
+    tiny_assets.sox_silence(flac, 599.0)
+    assert flac.stat().st_size < 200_000
+    decoded = []
+    decode = pipe.processor.load_audio
+    monkeypatch.setattr(
+        pipe.processor,
+        "load_audio",
+        lambda source, audio_policy=None: decoded.append(1) or decode(source, audio_policy),
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(DemoInputError, match=r"1198\.0 s of audio in 2 clips, over max_request_audio_seconds=600"):
+            add_user_turn(Chat(), "What is this?", [flac] * 8, pipe.processor, MAX_BYTES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(decoded) == 2 and peak < 2**30
+    with pytest.raises(DemoInputError, match="holds 21 audio clips, over max_request_windows=20"):
+        add_user_turn(Chat(), "What is this?", [flac] * 21, pipe.processor, MAX_BYTES)
+    assert len(decoded) == 2  # refused before decoding anything
+
+
 def test_file_over_the_size_limit_is_refused(pipe, clips):
     with pytest.raises(DemoInputError) as error:
         load_clip(clips["five"], pipe.processor, max_bytes=2**20 // 10)

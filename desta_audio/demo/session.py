@@ -154,21 +154,34 @@ def add_user_turn(chat: Chat, question: str, files: list, processor, max_bytes: 
         raise DemoInputError(NO_AUDIO)
     if not question:
         raise DemoInputError(EMPTY_QUESTION)
-    items = [
-        {
-            "type": "audio",
-            "array": load_clip(path, processor, max_bytes),
-            "sampling_rate": TARGET_SAMPLING_RATE,
-            "name": clip_name(path),
-        }
-        for path in files
-    ]
+    items = decode_within_budget(chat, files, processor, max_bytes)
     names = ", ".join(clip_name(path) for path in files)
     shown = f"[{names}]\n\n{question}" if names else question
     return Chat(
         messages=[*chat.messages, {"role": "user", "content": [*items, {"type": "text", "text": question}]}],
         shown=[*chat.shown, {"role": "user", "content": shown}],
     )
+
+
+def decode_within_budget(chat: Chat, files: list, processor, max_bytes: int) -> list[dict]:
+    """The uploads as audio items, decoded one at a time within the processor's per-chat audio budget (the chat's
+    earlier clips count too): too many files are refused before any is decoded, too much audio at the first clip
+    past the budget, so a message of many long uploads never holds more than the budget in memory."""
+    earlier = [item["array"] for item in chat.audio_items()]
+    try:
+        processor.check_clip_count(len(earlier) + len(files))
+        items = []
+        for path in files:
+            waveform = load_clip(path, processor, max_bytes)
+            processor.check_audio_budget([*earlier, *(item["array"] for item in items), waveform])
+            items.append(
+                {"type": "audio", "array": waveform, "sampling_rate": TARGET_SAMPLING_RATE, "name": clip_name(path)}
+            )
+    except DemoInputError:
+        raise
+    except ValueError as error:
+        raise DemoInputError(str(error)) from None
+    return items
 
 
 def conversation_for(chat: Chat, system_prompt: str | None) -> list[dict]:
