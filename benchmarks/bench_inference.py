@@ -34,7 +34,7 @@ import torch
 from desta_audio import testing as tiny_assets
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
-from processing.pipeline_desta import AsrOptions, DestaAudioTextToTextPipeline
+from processing.pipeline_desta import DestaAudioTextToTextPipeline
 
 # Read off the loaded tiny.en's config for the report (a hand copy once said vocab_size 51865; tiny.en has 51864).
 WHISPER_REPORTED = (
@@ -134,8 +134,17 @@ def stage_times(pipe, clips, new_tokens: int, clock: StageClock) -> dict:
     features, windows = clock.run("feature_extraction", lambda: processor.extract_features(waveforms))
     taps, last_hidden = clock.run("encoder", lambda: model.model.encode_audio(features, output_last_hidden_state=True))
     audio_embeds = clock.run("connector", lambda: model.model.connector(taps).flatten(0, 1))
-    options = AsrOptions(max_new_tokens=new_tokens)
-    transcripts = clock.run("asr_probe_and_decode", lambda: pipe._transcribe_windows(last_hidden, options))
+    transcripts = clock.run(
+        "asr_probe_and_decode",
+        lambda: model.transcribe_clips(
+            last_hidden,
+            waveforms,
+            windows,
+            processor.asr_tokenizer,
+            processor.window_samples,
+            max_new_tokens=new_tokens,
+        ),
+    )
     texts = [processor.render_conversation(c, add_generation_prompt=True)[0] for c in conversations(clips)]
     inputs = processor.encode_text(texts, windows, ["a short transcript of the clip"] * len(clips))
     generate = dict(audio_embeds=audio_embeds, do_sample=False, **inputs)
@@ -143,7 +152,7 @@ def stage_times(pipe, clips, new_tokens: int, clock: StageClock) -> dict:
     clock.run("llm_generate", lambda: model.generate(**generate, max_new_tokens=new_tokens, min_new_tokens=new_tokens))
     for times in (clock.wall, clock.cpu):
         times["llm_decode"] = max(times.pop("llm_generate") - times["llm_prefill"], 0.0)
-    return {"prompt_tokens": int(inputs["input_ids"].shape[1]), "windows_transcribed": sum(map(bool, transcripts))}
+    return {"prompt_tokens": int(inputs["input_ids"].shape[1]), "clips_with_transcript": sum(map(bool, transcripts))}
 
 
 def run_pipeline(pipe, clips, new_tokens: int) -> None:

@@ -10,7 +10,7 @@
    activation checkpointing on, bf16 autocast, AdamW: step time and peak memory.
 4. Whisper's greedy ASR on the encoder states of 30 s windows, at the same batch sizes, with a large-v3
    generation config (language detection, then transcribe): the pipeline's lean loop (`transcribe_windows`)
-   against `whisper.generate` (`transcribe`), milliseconds per decode step each, and how many windows got the
+   against `whisper.generate` on the same encoder states, milliseconds per decode step each, and how many windows got the
    same tokens from both.
 5. If vLLM is installed: the `vllm` engine of build_dataset.py on a small random Llama (rows/s, and how many
    greedy rows match the in-process engine).
@@ -31,6 +31,7 @@ import time
 import numpy as np
 import torch
 from transformers import GenerationConfig, WhisperFeatureExtractor
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from desta_audio import testing as tiny_assets
@@ -230,7 +231,10 @@ def check_asr(model, processor, device: str, batch_sizes: list[int]) -> list[dic
         windows = states[:batch]
         lean, lean_s = timed(device, model.transcribe_windows, windows, max_new_tokens=ASR_NEW_TOKENS)
         generated, generate_s = timed(
-            device, model.transcribe, encoder_last_hidden_state=windows, max_new_tokens=ASR_NEW_TOKENS
+            device,
+            whisper.generate,
+            encoder_outputs=BaseModelOutput(last_hidden_state=windows),
+            max_new_tokens=ASR_NEW_TOKENS,
         )
         ours = [until_end(row, whisper.generation_config.eos_token_id) for row in lean.tokens]
         theirs = [until_end(row, whisper.generation_config.eos_token_id) for row in generated]

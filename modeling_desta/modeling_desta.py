@@ -26,9 +26,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import (
-    BaseModelOutput,
     BaseModelOutputWithPast,
     BaseModelOutputWithPooling,
     CausalLMOutputWithPast,
@@ -39,7 +37,7 @@ from .compat_desta import CACHE_NAME, accepts_cache_kwarg, cache_field, output_c
 from .configuration_desta import DestaConfig, DestaReleaseConfig
 from .connector_desta import DestaConnector
 from .loading_desta import DestaAssemblyMixin
-from .transcription_desta import WindowTranscripts, token_mask, transcribe_windows
+from .transcription_desta import WindowTranscripts, transcribe_clips, transcribe_windows
 
 
 class DestaPreTrainedModel(PreTrainedModel):
@@ -266,23 +264,6 @@ def _recorded_encoder_outputs(encoder, hidden_states: bool, attentions: bool):
             handle.remove()
 
 
-class SuppressTokensOnce(LogitsProcessor):
-    """Whisper's always-suppressed tokens, masked with a mask built once per call.
-
-    transformers' `SuppressTokensLogitsProcessor` rebuilds the mask with `torch.isin` over the whole vocabulary
-    at every decoding step: about a quarter of a Whisper tiny.en decode step on CPU, far more when threads are
-    oversubscribed.
-    """
-
-    def __init__(self, token_ids: list[int], vocab_size: int):
-        self.mask = token_mask(token_ids, vocab_size)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.mask.device != scores.device:
-            self.mask = self.mask.to(scores.device)
-        return scores.masked_fill(self.mask[: scores.shape[-1]], -float("inf"))
-
-
 class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, GenerationMixin):
     """DeSTA2.5-Audio with a language-modelling head: audio + text in, text out."""
 
@@ -366,35 +347,28 @@ class DestaForConditionalGeneration(DestaAssemblyMixin, DestaPreTrainedModel, Ge
             model_inputs.pop("input_features", None)
         return model_inputs
 
-    @torch.no_grad()
-    def transcribe(
+    def transcribe_clips(
         self,
-        input_features: torch.Tensor | None = None,
-        encoder_last_hidden_state: torch.Tensor | None = None,
-        **generate_kwargs,
-    ) -> torch.LongTensor:
-        """Whisper's own greedy transcription, as Whisper token ids (decode with the Whisper tokenizer).
-
-        Pass `encoder_last_hidden_state` from `get_audio_features(..., output_last_hidden_state=True)` to reuse
-        the encoder pass that fed the connector; otherwise the encoder runs on `input_features`.
-        """
-        whisper = self.model.audio_tower
-        if encoder_last_hidden_state is None:
-            if input_features is None:
-                raise ValueError("transcribe needs input_features or encoder_last_hidden_state.")
-            _, encoder_last_hidden_state = self.model.encode_audio(input_features, output_last_hidden_state=True)
-        generate_kwargs.setdefault("do_sample", False)
-        suppressed = whisper.generation_config.suppress_tokens
-        if suppressed and "suppress_tokens" not in generate_kwargs:
-            generate_kwargs["suppress_tokens"] = None
-            processors = generate_kwargs.pop("logits_processor", None) or LogitsProcessorList()
-            generate_kwargs["logits_processor"] = LogitsProcessorList(
-                [SuppressTokensOnce(suppressed, whisper.config.vocab_size), *processors]
-            )
-        # Encoder outputs alone (no placeholder features): with both, a multilingual Whisper's language detection
-        # raises "specify only one of input_features or encoder_outputs".
-        encoder_outputs = BaseModelOutput(last_hidden_state=encoder_last_hidden_state)
-        return whisper.generate(encoder_outputs=encoder_outputs, **generate_kwargs)
+        encoder_last_hidden_state: torch.Tensor,
+        waveforms: list,
+        window_counts: list[int],
+        tokenizer,
+        window_samples: int,
+        **options,
+    ) -> list[str | None]:
+        """Whisper's transcript of each clip, with the speech/no-speech rule, from the encoder states of the pass
+        that fed the connector (`get_audio_features(..., output_last_hidden_state=True).last_hidden_state`); see
+        `transcription_desta.transcribe_clips` for the options. `tokenizer` is Whisper's own (the processor's
+        `asr_tokenizer`)."""
+        return transcribe_clips(
+            self.model.audio_tower,
+            tokenizer,
+            encoder_last_hidden_state,
+            waveforms,
+            window_counts,
+            window_samples,
+            **options,
+        )
 
     def transcribe_windows(
         self, encoder_last_hidden_state: torch.Tensor, max_new_tokens: int, no_speech_threshold: float | None = None

@@ -28,6 +28,14 @@ from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from .compat_desta import cache_field
 
+# The speech/no-speech rule (OpenAI's defaults): a window whose no-speech probability exceeds this is never decoded,
+# and one whose decoded text has a mean token log-probability under `DEFAULT_LOGPROB_THRESHOLD` is blanked; tones and
+# noise otherwise come out as hallucinated words such as "You" or "Beeping".
+DEFAULT_NO_SPEECH_THRESHOLD = 0.6
+DEFAULT_LOGPROB_THRESHOLD = -1.0
+# A window this quiet (waveform RMS) is speech-free without asking Whisper.
+SILENCE_RMS = 1e-4
+
 
 @dataclass
 class WindowTranscripts:
@@ -44,6 +52,62 @@ class WindowTranscripts:
     mean_logprob: torch.Tensor
     no_speech_probability: torch.Tensor
     decoded: torch.BoolTensor
+
+
+@torch.no_grad()
+def transcribe_clips(
+    whisper: WhisperForConditionalGeneration,
+    tokenizer,
+    encoder_states: torch.Tensor,
+    waveforms: list,
+    window_counts: list[int],
+    window_samples: int,
+    wanted: list[bool] | None = None,
+    no_speech_threshold: float | None = None,
+    logprob_threshold: float | None = None,
+    max_new_tokens: int | None = None,
+) -> list[str | None]:
+    """Each clip's transcript, from the encoder states of its 30 s windows (one row per window, clips in order), with
+    the speech/no-speech rule: a window is speech-free (no text) when its waveform is silent (`SILENCE_RMS`), when
+    its no-speech probability exceeds `no_speech_threshold` (then it is never decoded), or when its text's mean token
+    log-probability is under `logprob_threshold` (`-inf` turns that test off). A clip's transcript is its windows'
+    texts joined; clips not `wanted` get None. All windows are decoded in one batch by `transcribe_windows`.
+
+    The one transcription path of the project: the pipeline (on the encoder pass that fed the connector) and the
+    dataset builder's `--asr-model` (on a Whisper of its own) both call it.
+    """
+    wanted = [True] * len(waveforms) if wanted is None else list(wanted)
+    spans = [(clip, index) for clip, count in enumerate(window_counts) for index in range(count)]
+    windows = [w for w, (clip, _) in enumerate(spans) if wanted[clip]]
+    audible = [w for w in windows if not _is_silent(waveforms[spans[w][0]], spans[w][1], window_samples)]
+    texts = dict.fromkeys(windows, "")
+    if audible:
+        options = (no_speech_threshold, logprob_threshold, max_new_tokens)
+        texts.update(zip(audible, _window_texts(whisper, tokenizer, encoder_states[audible], *options)))
+    joined = [[] if wanted[clip] else None for clip in range(len(waveforms))]
+    for w in windows:
+        if texts[w]:
+            joined[spans[w][0]].append(texts[w])
+    return [None if parts is None else " ".join(parts) for parts in joined]
+
+
+def _is_silent(waveform, index: int, window_samples: int) -> bool:
+    samples = torch.as_tensor(waveform[index * window_samples : (index + 1) * window_samples], dtype=torch.float64)
+    return samples.numel() == 0 or float(samples.square().mean().sqrt()) < SILENCE_RMS
+
+
+def _window_texts(whisper, tokenizer, states, no_speech_threshold, logprob_threshold, max_new_tokens) -> list[str]:
+    """Each window's text, blanked where Whisper itself says there is no speech."""
+    no_speech_threshold = DEFAULT_NO_SPEECH_THRESHOLD if no_speech_threshold is None else no_speech_threshold
+    logprob_threshold = DEFAULT_LOGPROB_THRESHOLD if logprob_threshold is None else logprob_threshold
+    max_new_tokens = max_new_tokens or whisper.config.max_target_positions // 2
+    result = transcribe_windows(whisper, states, max_new_tokens, no_speech_threshold)
+    texts = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
+    kept = [
+        decoded and logprob >= logprob_threshold
+        for decoded, logprob in zip(result.decoded.tolist(), result.mean_logprob.tolist())
+    ]
+    return [text.strip() if keep else "" for text, keep in zip(texts, kept)]
 
 
 @torch.no_grad()

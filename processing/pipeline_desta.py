@@ -6,7 +6,6 @@ windows Whisper judges speech-free get an empty transcript instead of a hallucin
 """
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,24 +18,7 @@ logger = logging.getLogger(__name__)
 
 # The reference's system prompt in its examples; the one default of every chat this project builds.
 DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
-DEFAULT_NO_SPEECH_THRESHOLD = 0.6
-DEFAULT_LOGPROB_THRESHOLD = -1.0
-SILENCE_RMS = 1e-4
 TASK = "audio-text-to-text"
-PIPELINE_SPEC = {
-    "impl": "pipeline_desta.DestaAudioTextToTextPipeline",
-    "pt": ["AutoModelForCausalLM"],
-    "type": "multimodal",
-}
-
-
-@dataclass(frozen=True)
-class AsrOptions:
-    """How the pipeline transcribes audio that came without a transcript."""
-
-    no_speech_threshold: float = DEFAULT_NO_SPEECH_THRESHOLD
-    logprob_threshold: float | None = DEFAULT_LOGPROB_THRESHOLD
-    max_new_tokens: int | None = None  # default: half of Whisper's max_target_positions
 
 
 class DestaAudioTextToTextPipeline(Pipeline):
@@ -63,8 +45,8 @@ class DestaAudioTextToTextPipeline(Pipeline):
         self,
         prompt=None,
         system_prompt=None,
-        no_speech_threshold=DEFAULT_NO_SPEECH_THRESHOLD,
-        logprob_threshold=DEFAULT_LOGPROB_THRESHOLD,
+        no_speech_threshold=None,
+        logprob_threshold=None,
         asr_max_new_tokens=None,
         generate_kwargs=None,
         audio_policy=None,
@@ -79,7 +61,13 @@ class DestaAudioTextToTextPipeline(Pipeline):
             preprocess_params["system_prompt"] = system_prompt
         forward_params = {
             "generate_kwargs": {**(generate_kwargs or {}), **kwargs},
-            "asr_options": AsrOptions(no_speech_threshold, logprob_threshold, asr_max_new_tokens),
+            # None: the model's speech/no-speech defaults (`transcription_desta`); logprob_threshold=-inf turns
+            # that test off.
+            "asr_options": {
+                "no_speech_threshold": no_speech_threshold,
+                "logprob_threshold": logprob_threshold,
+                "max_new_tokens": asr_max_new_tokens,
+            },
         }
         return preprocess_params, forward_params, {}
 
@@ -109,7 +97,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
         self.processor.check_audio_budget(waveforms)
         return {"text": text, "waveforms": waveforms, "transcripts": [item.get("transcript") for item in audio_items]}
 
-    def _forward(self, batch: list[dict], generate_kwargs=None, asr_options: "AsrOptions | None" = None) -> list[dict]:
+    def _forward(self, batch: list[dict], generate_kwargs=None, asr_options: dict | None = None) -> list[dict]:
         waveforms = [waveform for item in batch for waveform in item["waveforms"]]
         transcripts = [transcript for item in batch for transcript in item["transcripts"]]
         audio_embeds, window_counts = None, []
@@ -121,7 +109,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
             audio_embeds = audio.pooler_output
             if any(needs_asr):
                 transcripts = self._fill_transcripts(
-                    transcripts, waveforms, window_counts, audio.last_hidden_state, asr_options or AsrOptions()
+                    transcripts, waveforms, window_counts, audio.last_hidden_state, asr_options or {}
                 )
         encoded = self.processor.encode_text([item["text"] for item in batch], window_counts, transcripts)
         self._warn_if_too_long(encoded["input_ids"].shape[1])
@@ -150,52 +138,23 @@ class DestaAudioTextToTextPipeline(Pipeline):
                 limit,
             )
 
-    def _fill_transcripts(self, transcripts, waveforms, window_counts, encoder_states, asr_options) -> list[str]:
+    def _fill_transcripts(self, transcripts, waveforms, window_counts, encoder_states, asr_options: dict) -> list[str]:
         """Transcribe, from the encoder states already computed, every clip that came without a transcript."""
-        clip_of_window = np.repeat(np.arange(len(waveforms)), window_counts)
-        windows = [w for w, clip in enumerate(clip_of_window) if transcripts[clip] is None]
-        audible = [w for w in windows if not self._window_is_silent(waveforms, window_counts, w)]
-        window_text = dict.fromkeys(windows, "")
-        if audible:
-            window_text.update(zip(audible, self._transcribe_windows(encoder_states[audible], asr_options)))
-        filled = list(transcripts)
-        for clip in range(len(waveforms)):
-            if filled[clip] is None:
-                parts = [window_text[w] for w, c in enumerate(clip_of_window) if c == clip]
-                filled[clip] = " ".join(part for part in parts if part)
-        return filled
-
-    def _transcribe_windows(self, states: torch.Tensor, options: "AsrOptions") -> list[str]:
-        """Whisper's greedy text per window, blanked where Whisper itself says there is no speech.
-
-        A window is blanked when its no-speech probability exceeds `options.no_speech_threshold` (then it is
-        never decoded), or when the decoded text's mean token log-probability is under
-        `options.logprob_threshold` (OpenAI's defaults: 0.6 and -1.0); tones and noise otherwise come out as
-        hallucinated words such as "You" or "Beeping". All windows are decoded in one batch.
-        """
         if getattr(self.processor, "asr_tokenizer", None) is None:
             raise ValueError(
                 "This checkpoint has no Whisper tokenizer (asr_tokenizer/), so it cannot transcribe; give every "
                 "audio item a 'transcript' (an empty string for none)."
             )
-        result = self.model.transcribe_windows(
-            states,
-            max_new_tokens=options.max_new_tokens or self.model.config.audio_config.max_target_positions // 2,
-            no_speech_threshold=options.no_speech_threshold,
+        heard = self.model.transcribe_clips(
+            encoder_states,
+            waveforms,
+            window_counts,
+            self.processor.asr_tokenizer,
+            self.processor.window_samples,
+            wanted=[transcript is None for transcript in transcripts],
+            **asr_options,
         )
-        texts = self.processor.asr_tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
-        floor = options.logprob_threshold
-        kept = result.decoded.tolist()
-        if floor is not None:
-            kept = [keep and logprob >= floor for keep, logprob in zip(kept, result.mean_logprob.tolist())]
-        return [text.strip() if keep else "" for text, keep in zip(texts, kept)]
-
-    def _window_is_silent(self, waveforms, window_counts, window: int) -> bool:
-        clip = int(np.searchsorted(np.cumsum(window_counts), window, side="right"))
-        index_in_clip = window - sum(window_counts[:clip])
-        size = self.processor.window_samples
-        samples = waveforms[clip][index_in_clip * size : (index_in_clip + 1) * size]
-        return float(np.sqrt(np.mean(np.square(samples)))) < SILENCE_RMS
+        return [given if given is not None else text for given, text in zip(transcripts, heard)]
 
     def postprocess(self, output: dict) -> dict:
         text = self.processor.tokenizer.decode(output["generated_ids"], skip_special_tokens=True)

@@ -312,8 +312,8 @@ class DestaProcessor(ProcessorMixin):
         return max(1, math.ceil(len(waveform) / self.window_samples))
 
     def split_windows(self, waveform: np.ndarray) -> list[np.ndarray]:
-        size = self.window_samples
-        return [waveform[start : start + size] for start in range(0, self.num_windows(waveform) * size, size)]
+        self.num_windows(waveform)  # a clip over max_audio_seconds raises here
+        return split_windows(waveform, self.window_samples)
 
     def extract_features(self, waveforms: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
         """Log-mel features of every 30 s window of every clip, in order, and each clip's window count."""
@@ -761,6 +761,12 @@ class DestaProcessor(ProcessorMixin):
         if templates is None:
             raise ValueError("This processor has no chat template; pass chat_template=.")
         return templates
+
+
+def split_windows(waveform: np.ndarray, window_samples: int) -> list[np.ndarray]:
+    """A clip as consecutive windows of `window_samples` (30 s), the last one shorter; an empty clip is one window."""
+    starts = range(0, max(len(waveform), 1), window_samples)
+    return [waveform[start : start + window_samples] for start in starts]
 
 
 def _refuse_unsupported_items(types: list[str]) -> None:

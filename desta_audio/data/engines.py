@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from modeling_desta.compat_desta import cache_field, output_cache
+from modeling_desta.transcription_desta import transcribe_clips
 from processing.audio_io import TARGET_SAMPLING_RATE
+from processing.processing_desta import split_windows
 
 from ..common import chunks, resolve_device
 
@@ -210,9 +212,10 @@ class VLLMGenerator:
 
 
 class WhisperTranscriber:
-    """Greedy Whisper ASR in batches; clips over 30 s use Whisper's sequential long-form decoding instead of being cut."""
-
-    FRAMES_PER_WINDOW = 3000
+    """Whisper speech recognition for the dataset builder's `--asr-model`, through the project's one transcription
+    path (`modeling_desta.transcription_desta.transcribe_clips`): greedy, 30 s windows (a longer clip is transcribed
+    window by window and joined, never cut), and the pipeline's speech/no-speech rule, so a tone or noise clip gets
+    an empty transcript instead of a hallucinated "You" in its seed description."""
 
     def __init__(self, model, processor, batch_size: int = 8):
         self.model = model.eval()
@@ -227,14 +230,19 @@ class WhisperTranscriber:
         return cls(model, WhisperProcessor.from_pretrained(name_or_path), batch_size)
 
     def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[str]:
+        """One transcript per clip ("" where Whisper hears no speech), `batch_size` clips per encoder pass."""
         return [text for chunk in chunks(waveforms, self.batch_size) for text in self._transcribe_batch(chunk)]
 
     @torch.inference_mode()
     def _transcribe_batch(self, waveforms: list[np.ndarray]) -> list[str]:
-        extract = {"sampling_rate": TARGET_SAMPLING_RATE, "return_tensors": "pt", "return_attention_mask": True}
-        inputs = self.processor(waveforms, truncation=False, padding="longest", **extract)
-        if inputs["input_features"].shape[-1] < self.FRAMES_PER_WINDOW:  # all short: the usual padded 30 s window
-            inputs = self.processor(waveforms, **extract)
-        inputs = inputs.to(self.model.device, self.model.dtype)
-        ids = self.model.generate(**inputs, do_sample=False, num_beams=1)
-        return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        extractor = self.processor.feature_extractor
+        windows = [split_windows(waveform, extractor.n_samples) for waveform in waveforms]
+        features = extractor(
+            [window for clip in windows for window in clip],
+            sampling_rate=TARGET_SAMPLING_RATE,
+            return_tensors="pt",
+            padding="max_length",
+        ).input_features.to(self.model.device, self.model.dtype)
+        states = self.model.get_encoder()(features).last_hidden_state
+        counts = [len(clip) for clip in windows]
+        return transcribe_clips(self.model, self.processor.tokenizer, states, waveforms, counts, extractor.n_samples)
