@@ -3,8 +3,9 @@
 
 from .audio_io import AudioDecodeError, AudioTooLongError, load_audio
 from .audio_sources import AudioSourceError, AudioSourcePolicy
+from .chat_text import DEFAULT_SYSTEM_PROMPT, audio_chat
 from .pipeline_desta import DestaAudioTextToTextPipeline, register_pipeline
-from .processing_desta import DEFAULT_SYSTEM_PROMPT, DestaProcessor
+from .processing_desta import DestaProcessor
 
 register_pipeline()
 
@@ -16,5 +17,6 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "DestaAudioTextToTextPipeline",
     "DestaProcessor",
+    "audio_chat",
     "load_audio",
 ]

@@ -10,6 +10,10 @@ from transformers.utils.chat_template_utils import _get_template_variables
 
 logger = logging.getLogger(__name__)
 
+# The reference's system prompt in its examples: the processor's `default_system_prompt` (`from_components` and
+# `from_release` set it), put first in every chat that has no system message.
+DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
+
 # Private-use characters fencing special-token strings found in message text, so that they are tokenised as
 # plain text (never as the template's control tokens or the audio placeholder). Stripped from user text first.
 INERT_OPEN, INERT_CLOSE = "\ue000", "\ue001"
@@ -138,3 +142,12 @@ def split_call_kwargs(chat_template: str, processor_kwargs: dict | None, kwargs:
         logger.warning("Kwargs passed to `processor.__call__` have to be in `processor_kwargs` dict, not in `**kwargs`")
     template_kwargs = {key: value for key, value in kwargs.items() if key in template_variables}
     return {**(processor_kwargs or {}), **stray}, template_kwargs
+
+
+def audio_chat(audio_items: list[dict], prompt: str | None = None, system_prompt: str | None = None) -> list[dict]:
+    """The one builder of "a chat about some audio": a user turn with the audio items, then the prompt; a system turn
+    only when `system_prompt` is given (otherwise the processor puts its `default_system_prompt` first, as it does for
+    every chat), so a chat built here and one written by hand get the same system prompt."""
+    content = [*audio_items, *([{"type": "text", "text": prompt}] if prompt else [])]
+    system = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+    return [*system, {"role": "user", "content": content}]

@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, Pipeline
 
-from .audio_io import audio_source
+from .audio_io import TARGET_SAMPLING_RATE, audio_source
+from .chat_text import audio_chat
 from .compat_desta import pipeline_generate_kwargs
 
 logger = logging.getLogger(__name__)
 
-# The reference's system prompt in its examples; the one default of every chat this project builds.
-DEFAULT_SYSTEM_PROMPT = "Focus on the audio clips and instructions."
 TASK = "audio-text-to-text"
 
 
@@ -193,13 +192,18 @@ def _is_conversation(inputs) -> bool:
 
 
 def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | None) -> list[dict]:
-    """The shorthand `pipe(audio, prompt=...)` as a chat: system prompt, then the audio and the question."""
+    """The shorthand `pipe(audio, prompt=...)` as a chat (`audio_chat`): the audio, then the question; the system
+    prompt is the processor's default unless `system_prompt` is given, as for `pipe(chat)`."""
     if isinstance(audio, dict) and "raw" in audio:
-        audio = {"array": audio["raw"], "sampling_rate": audio.get("sampling_rate", 16000)}
+        audio = {"array": audio["raw"], "sampling_rate": audio.get("sampling_rate", TARGET_SAMPLING_RATE)}
     if isinstance(audio, dict) and "array" in audio:
-        item = {"type": "audio", "array": audio["array"], "sampling_rate": audio.get("sampling_rate", 16000)}
+        item = {
+            "type": "audio",
+            "array": audio["array"],
+            "sampling_rate": audio.get("sampling_rate", TARGET_SAMPLING_RATE),
+        }
     elif isinstance(audio, (np.ndarray, torch.Tensor)):
-        item = {"type": "audio", "array": audio, "sampling_rate": 16000}
+        item = {"type": "audio", "array": audio, "sampling_rate": TARGET_SAMPLING_RATE}
     elif isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         item = {"type": "audio", "path": audio}
     elif hasattr(audio, "get_all_samples") or (isinstance(audio, dict) and ("path" in audio or "bytes" in audio)):
@@ -210,11 +214,7 @@ def _conversation_from_audio(audio, prompt: str | None, system_prompt: str | Non
             f"Cannot read {shown} as audio: pass a path, URL, bytes, a 16 kHz array, "
             "an {'array', 'sampling_rate'} dict, a datasets Audio value, or a chat with audio items."
         )
-    content = [item] + ([{"type": "text", "text": prompt}] if prompt else [])
-    return [
-        {"role": "system", "content": [{"type": "text", "text": system_prompt or DEFAULT_SYSTEM_PROMPT}]},
-        {"role": "user", "content": content},
-    ]
+    return audio_chat([item], prompt, system_prompt)
 
 
 def register_pipeline() -> None:

@@ -18,6 +18,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from .audio_io import AUDIO_SOURCE_KEYS, audio_source, load_audio
 from .audio_sources import AudioSourcePolicy
 from .chat_text import (
+    DEFAULT_SYSTEM_PROMPT,
     FENCED_SPAN,
     INERT_CLOSE,
     INERT_OPEN,
@@ -31,7 +32,7 @@ from .chat_text import (
 )
 
 # Imported so that saving the processor also copies the pipeline's code next to it (remote code).
-from .pipeline_desta import DEFAULT_SYSTEM_PROMPT, DestaAudioTextToTextPipeline  # noqa: F401
+from .pipeline_desta import DestaAudioTextToTextPipeline  # noqa: F401
 
 # The release format and the audio-token rule, shared with the model half (the same file; see its docstring).
 from .release_desta import (
@@ -91,8 +92,9 @@ class DestaProcessor(ProcessorMixin):
             takes at least one) it bounds what one chat costs, however many clips it holds, before any feature is
             computed. Over budget is a `ValueError` naming the limit.
         chat_template (`str`, *optional*): defaults to the tokenizer's.
-        default_system_prompt (`str`, *optional*): system message put first in chats that have none (checkpoints
-            converted from the release set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds nothing.
+        default_system_prompt (`str`, *optional*): system message put first in chats that have none, whoever built
+            them (`from_components` and `from_release` set the reference's `DEFAULT_SYSTEM_PROMPT`); `None` adds
+            nothing.
         empty_transcript (`str`, defaults to `""`): text standing in for a missing or blank transcript. The
             release trained with `" "` (one token) for clips without speech; converted checkpoints set that.
         trusted_input (`bool`, defaults to `True`): `True` reads any local path or URL in a chat (local use);
@@ -163,10 +165,12 @@ class DestaProcessor(ProcessorMixin):
         The audio token follows the rule the model uses too (`pick_audio_token`): the reference's
         `<|reserved_special_token_87|>` when the tokenizer has it (Llama 3), else `<|AUDIO|>`, added as a special
         token only if missing. `token`, `cache_dir`, `local_files_only`, `force_download` and `proxies` are used
-        to fetch both; other keyword arguments go to the processor.
+        to fetch both; other keyword arguments go to the processor (`default_system_prompt` defaults to the
+        reference's, as for the release).
         """
         fetch = hub_kwargs(kwargs)
         kwargs = {key: value for key, value in kwargs.items() if key not in HUB_KWARGS}
+        kwargs.setdefault("default_system_prompt", DEFAULT_SYSTEM_PROMPT)
         tokenizer = AutoTokenizer.from_pretrained(llm, **fetch)
         feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper, **fetch)
         return cls._from_parts(tokenizer, feature_extractor, whisper, audio_token, fetch, **kwargs)

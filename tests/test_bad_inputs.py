@@ -330,7 +330,16 @@ def _wav_int(dtype, scale, audio_dir):
 
 ARRAY_CASES = [
     # (case, array dict, expected error text; None = decodes)
-    ("declared at sampling_rate=1", {"array": np.zeros(64000, np.float32), "sampling_rate": 1}, "lasts 64000.0 s"),
+    (
+        "declared at sampling_rate=1",
+        {"array": np.zeros(64000, np.float32), "sampling_rate": 1},
+        "sampling_rate is 1 Hz; audio is sampled at 1000 to 768000 Hz",
+    ),
+    (
+        "declared at sampling_rate=1000",
+        {"array": np.zeros(6_400_000, np.float32), "sampling_rate": 1000},
+        "lasts 6400.0 s",
+    ),
     ("sampling_rate 0", {"array": np.zeros(10, np.float32), "sampling_rate": 0}, "must be a positive integer"),
     ("sampling_rate -16000", {"array": np.zeros(10, np.float32), "sampling_rate": -16000}, "must be a positive"),
     ("sampling_rate '16k'", {"array": np.zeros(10, np.float32), "sampling_rate": "16k"}, "must be a number"),
@@ -479,7 +488,8 @@ def test_reference_format_keeps_locators_but_not_typed_specials(tiny_parts, audi
         0
     ].tolist()
     assert ids.count(processor.audio_token_id) == processor.num_audio_queries
-    assert ids.count(processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")) == 1  # the template's own
+    eot = processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert ids.count(eot) == 2  # the template's own: after the default system prompt and after the user turn
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -117,7 +117,12 @@ def test_text_only_logits_equal_base_llm(tiny_parts, llm_dir):
     conversation = [{"role": "user", "content": [{"type": "text", "text": "Hello world, what is this?"}]}]
     inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
     expected_ids = processor.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Hello world, what is this?"}], add_generation_prompt=True, tokenize=True
+        [
+            {"role": "system", "content": processor.default_system_prompt},  # the processor's default, as for any chat
+            {"role": "user", "content": "Hello world, what is this?"},
+        ],
+        add_generation_prompt=True,
+        tokenize=True,
     )
     expected_ids = expected_ids["input_ids"] if hasattr(expected_ids, "keys") else expected_ids
     assert inputs["input_ids"][0].tolist() == list(expected_ids)

@@ -378,3 +378,19 @@ def test_datasets_audio_column_and_generators_are_batches(pipe, clips):
     assert SPOKEN in from_column[0]["transcripts"][0].lower()
     with pytest.raises(ValueError, match="Cannot read int as audio"):
         pipe(3, prompt="What?")
+
+
+def test_a_chat_and_the_audio_shorthand_get_the_same_default_system_prompt(pipe, clips):
+    """`pipe(chat)` and `pipe(path, prompt=...)` once differed: the shorthand added the system prompt, a chat got
+    none. The processor owns the default now, for both."""
+    from processing import DEFAULT_SYSTEM_PROMPT
+
+    assert pipe.processor.default_system_prompt == DEFAULT_SYSTEM_PROMPT
+    chat = [
+        {"role": "user", "content": [{"type": "audio", "path": str(clips["door"])}, {"type": "text", "text": "Hi?"}]}
+    ]
+    shorthand = pipe.preprocess(str(clips["door"]), prompt="Hi?")["text"]
+    assert pipe.preprocess(chat)["text"] == shorthand
+    assert f"system<|end_header_id|>\n\n{DEFAULT_SYSTEM_PROMPT}<|eot_id|>" in shorthand
+    other = pipe.preprocess(str(clips["door"]), prompt="Hi?", system_prompt="Be brief.")["text"]
+    assert "Be brief." in other and DEFAULT_SYSTEM_PROMPT not in other

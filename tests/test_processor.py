@@ -79,6 +79,7 @@ def test_transcript_cap(tiny_parts, audio_dir):
         audio_token=processor.audio_token,
         num_audio_queries=8,
         max_transcript_tokens=3,
+        default_system_prompt=processor.default_system_prompt,
     )
     transcript = "one two three four five six seven eight nine ten"
     conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": transcript}])
@@ -210,6 +211,7 @@ def test_empty_transcript_stand_in(tiny_parts, audio_dir):
         audio_token=processor.audio_token,
         num_audio_queries=8,
         empty_transcript=" ",
+        default_system_prompt=processor.default_system_prompt,
     )
     conversation = _user([{"type": "audio", "path": str(audio_dir / "tone.wav"), "transcript": ""}])
     ours = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)[
