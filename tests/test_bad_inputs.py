@@ -727,6 +727,7 @@ def _script_args(**overrides):
     return DestaScriptArguments(dataset_name=None, **overrides)
 
 
+@pytest.mark.slow
 def test_skip_never_aborts_even_when_a_whole_batch_is_bad(llm_dir, whisper_dir, audio_dir, tmp_path):
     """Batch size 1, two bad records of four: every step still trains, on a good record drawn in their place."""
     import datasets

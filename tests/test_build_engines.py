@@ -30,6 +30,9 @@ from desta_audio.data.engines_openai import EngineError, OpenAIGenerator, Reject
 from desta_audio.data.sources import SourceColumns, folder_source
 from desta_audio.data.store import record_files, shard_file
 
+# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
 ROWS = 10
@@ -321,6 +324,7 @@ def test_openai_engine_on_transformers_serve_writes_the_in_process_rows(corpus, 
 SLOW_ENGINE = """
 import runpy, sys, time
 from desta_audio.data.engines_openai import OpenAIGenerator
+
 generate = OpenAIGenerator.generate
 def slow_generate(self, *args, **kwargs):
     time.sleep(0.4)

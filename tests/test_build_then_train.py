@@ -15,6 +15,9 @@ import pytest
 
 from desta_audio import testing as tiny_assets
 
+# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {
     "HF_HUB_OFFLINE": "1",

@@ -21,10 +21,13 @@ CLIP = demo.EXAMPLES_DIR / "open_the_door.wav"
 QUESTION = "What does the speaker ask for?"
 WAIT_SECONDS = 40
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
-    reason=f"no browser: install Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
+        reason=f"no browser: install Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})",
+    ),
+]
 
 
 def free_port() -> int:

@@ -9,7 +9,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
+
+# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

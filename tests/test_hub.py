@@ -321,6 +321,7 @@ EXPECTED_BASE_FILES = {
 }
 
 
+@pytest.mark.slow
 def test_published_folder_loads_and_generates_in_clean_process(tmp_path, converted_dir):
     folder = shutil.copytree(converted_dir, tmp_path / "published")
     (folder / "README.md").write_text(render_model_card(DestaConfig.from_pretrained(folder), card_facts()))

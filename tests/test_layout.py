@@ -91,6 +91,7 @@ def test_project_imports_are_module_level():
     assert not hidden, "\n".join(hidden)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_with_the_tooling_package_blocked():
     script = """
 import importlib.abc, sys

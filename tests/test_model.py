@@ -150,6 +150,7 @@ def _conversation(audio, question, transcript=None):
     ]
 
 
+@pytest.mark.slow
 def test_batched_equals_one_by_one(tiny_parts, audio_dir):
     model, processor = tiny_parts
     conversations = [

@@ -15,7 +15,8 @@ from modeling_desta import DestaForConditionalGeneration
 from processing import DestaAudioTextToTextPipeline, DestaProcessor, load_audio
 
 # Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
-pytestmark = pytest.mark.compat
+# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
 SPOKEN = "please open the door"
 

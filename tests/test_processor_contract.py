@@ -41,7 +41,11 @@ def test_voxtral_style_calls_run_unchanged(tiny_parts, audio_dir):
     chat = _chat(audio_dir)
     rendered = processor.apply_chat_template(chat)  # mixin defaults: a string, no generation prompt
     expected = processor.tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"{processor.audio_token}\n\nWhat do you hear?"}], tokenize=False
+        [
+            {"role": "system", "content": processor.default_system_prompt},  # the processor's default
+            {"role": "user", "content": f"{processor.audio_token}\n\nWhat do you hear?"},
+        ],
+        tokenize=False,
     )
     assert rendered == expected
     encoded = processor.apply_chat_template(chat, **STANDARD_CALL)
@@ -109,7 +113,8 @@ def test_chat_template_argument_is_used(tiny_parts, audio_dir):
     _, processor = tiny_parts
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     rendered = processor.apply_chat_template(_chat(audio_dir), chat_template=template)
-    assert rendered == f"[user] {processor.audio_token}\n\nWhat do you hear?\n"
+    system = f"[system] {processor.default_system_prompt}\n"
+    assert rendered == f"{system}[user] {processor.audio_token}\n\nWhat do you hear?\n"
     encoded = processor.apply_chat_template(_chat(audio_dir), chat_template=template, **STANDARD_CALL)
     assert int((encoded["input_ids"] == processor.audio_token_id).sum()) == processor.num_audio_queries
 

@@ -129,6 +129,7 @@ def test_release_pipeline_answers_like_the_converted_checkpoint(release_dir, con
     assert answer["transcripts"] == ["a tone", ""]
 
 
+@pytest.mark.slow
 def test_cli_chat_and_eval_on_the_release(release_dir, converted, audio_dir, tmp_path, capsys):
     folder, _, _ = converted
     chat = ["chat", str(audio_dir / "tone.wav"), "-p", "What is it?", "--transcript", "a tone"]

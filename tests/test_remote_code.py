@@ -9,7 +9,8 @@ from isolation import run_isolated
 from modeling_desta import DestaForConditionalGeneration
 
 # Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
-pytestmark = pytest.mark.compat
+# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
 
 def _inputs(processor, audio_dir):

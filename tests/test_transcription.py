@@ -13,7 +13,8 @@ from modeling_desta.transcription_desta import transcribe_windows
 from processing import load_audio
 
 # Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
-pytestmark = pytest.mark.compat
+# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
+pytestmark = [pytest.mark.compat, pytest.mark.slow]
 
 MAX_NEW_TOKENS = 30
 # Whisper v2's 99 language tokens in its own order (<|en|> = 50259, <|zh|>, <|de|>, <|es|>, ...).

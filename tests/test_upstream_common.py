@@ -26,6 +26,8 @@ from desta_audio.testing.upstream_tests import (
     upstream_tests_dir,
 )
 
+# transformers' own suites: thorough and slow, left out of the quick loop `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 UPSTREAM_DIR = upstream_tests_dir()
 if not is_complete(UPSTREAM_DIR):
     pytest.skip(
