@@ -19,6 +19,7 @@ Examples:
       --max-concurrency 64 --batch-size 256 --output-dir out/
 
 Rerunning the same command resumes: rows already in OUTPUT_DIR/records are skipped by id.
+A user error ends in one line `build_dataset.py: error: ...` (exit code 2); `--debug` shows the traceback instead.
 The library behind this script is `desta_audio.data`.
 """
 
@@ -27,18 +28,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
 
 from desta_audio import data as sg
+from desta_audio.cli import report_errors
 from desta_audio.data.descriptions import DEFAULT_INSTRUCTIONS
+from desta_audio.data.store import SETTINGS_FILE, record_files, records_dir
 
 logger = logging.getLogger("build_dataset")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 or less once ended deep in the build in a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="build_dataset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_argument_group("source (a folder of audio, or a datasets dataset)")
     source.add_argument(
         "--audio-dir",
@@ -116,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     generation.add_argument(
         "--max-concurrency",
-        type=int,
+        type=positive_int,
         default=16,
         help="--engine openai: requests in flight at once; use --batch-size >= this (default: 16)",
     )
@@ -159,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     generation.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=8,
         help="rows per generation (and ASR) batch; also the most work lost on a crash (default: 8)",
     )
@@ -187,7 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     output.add_argument(
         "--num-shards",
-        type=int,
+        type=positive_int,
         default=1,
         help="split the source rows into N parts by row index modulo N (default: 1)",
     )
@@ -208,7 +225,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add to an output dir built with other settings (seed, model, prompts, columns, source, generation)",
     )
     output.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    output.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    if not 0 <= args.shard_index < args.num_shards:
+        parser.error(f"--shard-index must be in [0, {args.num_shards}) for --num-shards {args.num_shards}")
 
     sources = [args.dataset, args.load_from_disk, args.audio_dir or args.metadata]
     if not args.merge_only:
@@ -250,6 +270,55 @@ def make_generator(args: argparse.Namespace):
     )
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Name the flag of a missing input or an unusable --output-dir before anything is loaded."""
+    for flag, value, is_kind, kind in (
+        ("--metadata", args.metadata, Path.is_file, "file"),
+        ("--prompts", args.prompts, Path.is_file, "file"),
+        ("--audio-dir", args.audio_dir, Path.is_dir, "folder"),
+        ("--load-from-disk", args.load_from_disk, Path.is_dir, "folder"),
+    ):
+        if value is not None and not is_kind(Path(value)):
+            raise FileNotFoundError(f"{flag} {value}: no such {kind}")
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output-dir {output} is a file, not a folder; name a folder (it is made if missing)")
+    if args.merge_only and not output.is_dir():
+        raise FileNotFoundError(f"--output-dir {output}: no such folder to --merge-only")
+
+
+def make_output_dir(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output-dir {path}: cannot make the folder ({error.strerror})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def metadata_fingerprint(args: argparse.Namespace) -> dict:
+    """The --metadata file's sha256: the arguments alone miss an edited file, whose old rows a resume would keep.
+
+    Left out for a folder whose saved settings predate it, which would otherwise be refused on every resume."""
+    if not args.metadata:
+        return {}
+    saved_file = Path(args.output_dir) / SETTINGS_FILE
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else None
+    except ValueError:
+        saved = None  # check_build_settings names the unreadable file
+    if isinstance(saved, dict) and "metadata_sha256" not in saved:
+        logger.warning("%s predates metadata fingerprints: an edited --metadata file goes unnoticed", saved_file)
+        return {}
+    return {"metadata_sha256": file_sha256(args.metadata)}
+
+
 def build_settings(args: argparse.Namespace, columns) -> dict:
     """What shapes the records (not how fast they are made): a resume must use the same, see `--force`."""
     prompts = sg.load_instructions(args.prompts)
@@ -269,6 +338,7 @@ def build_settings(args: argparse.Namespace, columns) -> dict:
         "asr_model": args.asr_model,
         # Only when set, so folders built before the flag existed keep their fingerprint.
         **({"keep_truncated_answers": True} if args.keep_truncated_answers else {}),
+        **metadata_fingerprint(args),
     }
 
 
@@ -303,30 +373,60 @@ def run_build(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    return report_errors("build_dataset.py", lambda: run(args), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_paths(args)
+    make_output_dir(args.output_dir)
     if not args.merge_only:
-        try:
-            run_build(args)
-        except KeyboardInterrupt:
-            logger.warning("interrupted: rerun the same command to resume")
-            return 130
-        except (ValueError, sg.BuildLockedError) as error:
-            logger.error("%s", error)
-            return 2
-        except sg.EngineError as error:
-            logger.error("%s; every finished batch is saved: rerun the same command to resume", error)
-            return 1
-        if args.num_shards > 1:
-            logger.info(
-                "shard %d/%d done; after all shards, run with --merge-only to build the dataset",
-                args.shard_index,
-                args.num_shards,
-            )
-            return 0
-    dataset = sg.merge_records(args.output_dir)
+        code = build_shard(args)
+        if code is not None:
+            return code
+    dataset = merge(args)
     if args.push_to_hub:
         dataset.push_to_hub(args.push_to_hub)
     return 0
+
+
+def build_shard(args: argparse.Namespace) -> int | None:
+    """This process's shard; an exit code where the run ends here, None where the merge follows."""
+    try:
+        run_build(args)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: rerun the same command to resume")
+        return 130
+    except sg.BuildLockedError as error:
+        raise ValueError(str(error)) from None
+    except sg.EngineError as error:
+        logger.error("%s; every finished batch is saved: rerun the same command to resume", error)
+        return 1
+    if args.num_shards > 1:
+        logger.info(
+            "shard %d/%d done; after all shards, run with --merge-only to build the dataset",
+            args.shard_index,
+            args.num_shards,
+        )
+        return 0
+    return None
+
+
+def merge(args: argparse.Namespace):
+    """`merge_records`, refusing a folder with no records, and naming the file and line of a bad one (`datasets`
+    wraps the reader's error in its own)."""
+    import datasets
+
+    if not any(path.stat().st_size for path in record_files(args.output_dir)):
+        folder = records_dir(args.output_dir)
+        if args.merge_only:
+            raise ValueError(f"--merge-only: {folder} holds no records; build into this --output-dir first")
+        raise ValueError(f"{folder} holds no records to merge: every row was skipped (see summary.json)")
+    try:
+        return sg.merge_records(args.output_dir)
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, ValueError):
+            raise error.__cause__ from None
+        raise
 
 
 if __name__ == "__main__":

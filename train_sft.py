@@ -45,14 +45,19 @@ accelerate launch --multi_gpu --num_processes 2 train_sft.py --use_cpu true --bf
 ```
 
 Resume: add `--resume_from_checkpoint true` (latest in --output_dir) or `--resume_from_checkpoint DIR/checkpoint-N`.
-On CPU pass `--bf16 false` (TRL defaults to bf16 and activation checkpointing). `accelerate launch --cpu
---num_processes 2` starts a single process (accelerate's simple launcher ignores the count without MPI).
+Without `--bf16` the run is bfloat16 where the GPU supports it, float32 elsewhere (the log says which); on CPU
+also pass `--gradient_checkpointing false` (TRL's default is on). `accelerate launch --cpu --num_processes 2`
+starts a single process (accelerate's simple launcher ignores the count without MPI).
+A user error ends in one line `train_sft.py: error: ...` (exit code 2); `--debug` shows the traceback instead.
 """
 
 import logging
+import sys
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from desta_audio.cli import report_errors
+from desta_audio.training import BadRecordError
 from desta_audio.training import setup as sft_setup
 
 logger = logging.getLogger("train_sft")
@@ -60,11 +65,12 @@ logger = logging.getLogger("train_sft")
 
 def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     resume = sft_setup.resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    sft_setup.check_checkpoint_files(resume)
     sft_setup.check_output_dir(training_args.output_dir, bool(resume), script_args.overwrite_output_dir)
+    dataset = sft_setup.load_sft_dataset(script_args)  # before the model: a data mistake is named in seconds
     model, processor = sft_setup.load_model_and_processor(script_args, model_args, seed=training_args.seed)
     sft_setup.freeze_for_sft(model)
 
-    dataset = sft_setup.load_sft_dataset(script_args)
     train_dataset = dataset[script_args.dataset_train_split]
     eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
 
@@ -80,7 +86,7 @@ def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, 
     )
     logger.info("trainable parameters: %d", sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
 
-    trainer.train(resume_from_checkpoint=resume)
+    train(trainer, resume)
     output_dir = sft_setup.save_final_model(trainer)
     logger.info("model saved to %s", output_dir)
 
@@ -91,10 +97,38 @@ def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, 
     sft_setup.leave_distributed_run()
 
 
+def train(trainer, resume) -> None:
+    """`trainer.train`, with a bad record (under the default --on_bad_record error) named with what to do."""
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BadRecordError as error:
+        raise ValueError(
+            f"{error}; fix or remove that record, or pass --on_bad_record skip to drop (and count) such records"
+        ) from error
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((sft_setup.DestaScriptArguments, SFTConfig, ModelConfig))
+    return TrlParser((sft_setup.DestaScriptArguments, sft_setup.DestaSFTConfig, ModelConfig))
+
+
+def take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove this script's bare `--debug` (show tracebacks) from `argv`. TrainingArguments has a `--debug OPTIONS`
+    of its own (underflow_overflow, tpu_metrics_debug): a `--debug` followed by a value is left to it."""
+    rest, debug = [], False
+    for index, arg in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if arg == "--debug" and (following is None or following.startswith("-")):
+            debug = True
+        else:
+            rest.append(arg)
+    return rest, debug
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv, debug = take_debug_flag(sys.argv[1:] if argv is None else argv)
+    return report_errors("train_sft.py", lambda: main(*make_parser().parse_args_and_config(argv)), debug)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(*make_parser().parse_args_and_config())
+    sys.exit(run())

@@ -6,7 +6,8 @@
     desta-audio smoke-qa OUT_DIR
     desta-audio demo [--model REPO_OR_DIR] [--host HOST] [--port PORT] [--share]   (needs the `demo` extra)
 
-See docs/evaluation.md for `eval`; `build_dataset.py` and `train_sft.py` are scripts of their own.
+Every command takes `--debug` (a traceback instead of the one-line error). See docs/evaluation.md for `eval`;
+`build_dataset.py` and `train_sft.py` are scripts of their own, which end their errors through `report_errors`.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -39,6 +41,8 @@ DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DESTA_MODEL_TYPES = ("desta", DestaReleaseConfig.model_type)
 DEBUG_ENV = "DESTA_AUDIO_DEBUG"
+# A user's mistake (a missing file, a bad value): one line, exit code 2. Anything else: one line, exit code 1.
+USER_ERRORS = (FileNotFoundError, ValueError, OSError)
 
 logger = logging.getLogger("desta-audio")
 
@@ -59,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
     smoke.set_defaults(handler=run_smoke_qa)
     add_demo_arguments(commands.add_parser("demo", help="serve the web demo (Gradio; the `demo` extra)")).set_defaults(
-        handler=run_demo
+        handler=run_checked_demo
     )
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -82,7 +88,6 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser
     chat.add_argument("-v", "--verbose", action="store_true", help="also print the transcripts used")
     chat.add_argument(
         "--audio-policy",
-        type=json.loads,
         default=None,
         help='audio source policy settings as JSON, e.g. \'{"allow_urls": false}\' (see README "Serving safely")',
     )
@@ -94,7 +99,7 @@ def check_model(model: str) -> None:
     DeSTA checkpoint, or a repo that is missing, gated or unreachable (for the authors' release format, its LLM and
     Whisper too: Llama 3.1 needs its licence accepted). Only config files are fetched."""
     path = Path(model).expanduser()
-    if path.exists() or not HUB_ID.fullmatch(model):
+    if path.exists() or looks_like_local_path(model) or not HUB_ID.fullmatch(model):
         check_model_folder(model, path)
     config = fetch_component(AutoConfig.from_pretrained, model, "model", "--model")
     if config.model_type not in DESTA_MODEL_TYPES:
@@ -107,9 +112,27 @@ def check_model(model: str) -> None:
         fetch_component(AutoConfig.from_pretrained, config.encoder_model_id, "Whisper (encoder_model_id)", model)
 
 
+def looks_like_local_path(value: str) -> bool:
+    """Whether a --model/--checkpoint value is meant as a folder, never a Hub id: it starts with '.', '/' or '~', or
+    holds a separator no Hub id has (a backslash on Windows, a second '/'). `./run` matches the Hub id pattern."""
+    separators = {os.sep, os.altsep} - {None, "/"}
+    return value.startswith((".", "/", "~")) or any(s in value for s in separators) or value.count("/") > 1
+
+
+def missing_folder(flag: str, value: str, what: str = "folder") -> str:
+    path = Path(value).expanduser().resolve()
+    return f"{flag} {value}: no such {what} ({'not a folder' if path.exists() else 'no such folder'}: {path})"
+
+
+def check_local_folder(flag: str, value: str) -> None:
+    """Name a local-looking path that is no folder, before it is taken for a Hub id (and refused as one)."""
+    if looks_like_local_path(value) and not Path(value).expanduser().is_dir():
+        raise FileNotFoundError(missing_folder(flag, value))
+
+
 def check_model_folder(model: str, path: Path) -> None:
     if not path.is_dir():
-        raise FileNotFoundError(f"--model {model}: no such model folder")
+        raise FileNotFoundError(missing_folder("--model", model, "model folder"))
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"--model {model}: the folder has no config.json, so it is not a saved model")
@@ -146,15 +169,31 @@ def generation_kwargs(args) -> dict:
     return kwargs
 
 
+def parse_audio_policy(text: str | None) -> dict | None:
+    """--audio-policy as a dict: one line for text that is not JSON, or JSON that is not an object."""
+    if text is None:
+        return None
+    try:
+        policy = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--audio-policy is not valid JSON ({error.msg}); give a JSON object") from None
+    if not isinstance(policy, dict):
+        raise ValueError(
+            f"--audio-policy must be a JSON object of policy settings, e.g. '{{\"allow_urls\": false}}'; got {text!r}"
+        )
+    return policy
+
+
 def run_chat(args) -> int:
+    audio_policy = parse_audio_policy(args.audio_policy)
     check_audio_inputs(args.audio)
     resolve_device(args.device)  # a device this machine lacks is named before anything is fetched
     check_model(args.model)
     conversation = build_conversation(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     kwargs = generation_kwargs(args)
-    if args.audio_policy is not None:
-        kwargs["audio_policy"] = args.audio_policy
+    if audio_policy is not None:
+        kwargs["audio_policy"] = audio_policy
     if args.stream:
         result = stream_answer(pipe, conversation, kwargs)
     else:
@@ -310,6 +349,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    check_local_folder("--checkpoint", args.checkpoint)
     logging.getLogger("desta_audio").setLevel(logging.INFO)
     facts = yaml.safe_load(args.facts.read_text(encoding="utf-8")) if args.facts else None
     output = convert(
@@ -330,19 +370,35 @@ def run_smoke_qa(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_checked_demo(args: argparse.Namespace) -> int:
+    """`run_demo`, once --port is a port number (the socket's OverflowError names no flag)."""
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: ports must be 1-65535")
+    return run_demo(args)
+
+
+def report_errors(prog: str, run: Callable[[], int | None], debug: bool = False) -> int:
+    """Run `run()` and end the way every command line of the project does: a user error is one line
+    `PROG: error: ...` on stderr and exit code 2, anything else one line and exit code 1. `debug` (--debug, or
+    DESTA_AUDIO_DEBUG=1) lets the error through, traceback and all. Used by build_dataset.py and train_sft.py too."""
+    try:
+        return run() or 0
+    except Exception as error:
+        if debug or os.environ.get(DEBUG_ENV):
+            raise
+        message = " ".join(str(error).split())  # one line, even for a library's multi-line message
+        if isinstance(error, USER_ERRORS):
+            sys.stderr.write(f"{prog}: error: {message}\n")
+            return 2
+        sys.stderr.write(f"{prog}: error: {type(error).__name__}: {message} (pass --debug for details)\n")
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (FileNotFoundError, ValueError, OSError) as error:
-        sys.stderr.write(f"desta-audio: error: {error}\n")
-        return 2
-    except Exception as error:  # anything else still gets one line; DESTA_AUDIO_DEBUG=1 shows the traceback
-        if os.environ.get(DEBUG_ENV):
-            raise
-        sys.stderr.write(f"desta-audio: error: {type(error).__name__}: {error} (set {DEBUG_ENV}=1 for details)\n")
-        return 1
+    debug = args.debug or getattr(args, "verbose", False)  # chat's -v asks for details too
+    return report_errors("desta-audio", lambda: args.handler(args), debug)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -444,13 +446,17 @@ def test_datasets_source_from_disk_through_the_cli(corpus, llm_dir, tmp_path):
     assert records["tones/train/0"]["dataset"] == "tones"
 
 
-def build_dataset_main(argv: list[str]) -> int:
+def build_dataset_module():
     sys.path.insert(0, str(REPO_ROOT))
     try:
         import build_dataset
     finally:
         sys.path.remove(str(REPO_ROOT))
-    return build_dataset.main(argv)
+    return build_dataset
+
+
+def build_dataset_main(argv: list[str]) -> int:
+    return build_dataset_module().main(argv)
 
 
 def test_help_explains_every_flag(capsys):
@@ -464,7 +470,7 @@ def test_help_explains_every_flag(capsys):
         "--require-transcript", "--model", "--engine", "--base-url", "--api-key-env", "--max-concurrency",
         "--max-retries", "--max-retry-wait", "--tensor-parallel-size", "--no-prefix-cache", "--prompts", "--batch-size", "--max-new-tokens", "--temperature",
         "--top-p", "--seed", "--device", "--dtype", "--asr-model", "--output-dir", "--num-shards", "--shard-index",
-        "--merge-only", "--push-to-hub", "--log-level",
+        "--merge-only", "--push-to-hub", "--log-level", "--debug",
     ]  # fmt: skip
     for flag in flags:
         assert f"{flag} " in text or f"{flag}," in text, flag
@@ -510,3 +516,134 @@ def test_vllm_engine_without_vllm_says_how_to_get_it():
             VLLMGenerator("unused")
     else:
         pytest.skip("vLLM is installed")
+
+
+# ----------------------------------------------------------------------------- user errors, clip length, fingerprint
+
+
+class EchoGenerator:
+    """Answers every conversation with its own instruction: the build loop without a model."""
+
+    def generate(self, conversations, seed=None):
+        return [conversation[-1]["content"].split("\n\n")[-1] for conversation in conversations]
+
+
+def write_clip(path: Path, seconds: float, rate: int = 8000) -> Path:
+    soundfile.write(path, np.full(int(seconds * rate), 1000, dtype=np.int16), rate, subtype="PCM_16")
+    return path
+
+
+def echo_build(clips: Path, out: Path, **options):
+    source = folder_source(clips, None, "audio", "toy")
+    options = BuildOptions(output_dir=out, instructions=load_instructions(), progress=False, **options)
+    return run_build(source, SourceColumns(), EchoGenerator(), options)
+
+
+@pytest.fixture()
+def clip_dir(tmp_path) -> Path:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(3):
+        write_clip(folder / f"c{i}.wav", 1.0 + i)
+    return folder
+
+
+def cli_error(argv: list[str], capsys) -> tuple[int, str]:
+    """build_dataset.py's exit code and last stderr line (argparse's usage lines come before its error line)."""
+    try:
+        code = build_dataset_main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, (err.strip().splitlines() or [""])[-1]
+
+
+def builder_error_cases(clip_dir: Path, tmp_path: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    source = ["--audio-dir", str(clip_dir), "--model", "m", "--output-dir", str(tmp_path / "out")]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    broken = tmp_path / "broken"
+    echo_build(clip_dir, broken)
+    shard = shard_file(broken, 0, 1)
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text(lines[0] + "{garbage\n" + "".join(lines[1:]))
+    return {
+        "batch size 0": ([*source, "--batch-size", "0"], ("--batch-size", "0")),
+        "batch size -1": ([*source, "--batch-size", "-1"], ("--batch-size", "-1")),
+        "no shards": ([*source, "--num-shards", "0"], ("--num-shards", "0")),
+        "merge of nothing": (["--output-dir", str(tmp_path / "empty"), "--merge-only"], ("--merge-only", "empty")),
+        "missing metadata": (
+            ["--metadata", str(tmp_path / "meta.csv"), "--model", "m", "--output-dir", str(tmp_path / "o")],
+            ("--metadata", str(tmp_path / "meta.csv")),
+        ),
+        "output dir is a file": (
+            [*source[:-1], str(tmp_path / "a_file")],
+            ("--output-dir", str(tmp_path / "a_file"), "not a folder"),
+        ),
+        "bad shard line at merge": (["--output-dir", str(broken), "--merge-only"], (f"{shard}:2", "not valid JSON")),
+    }
+
+
+BUILDER_ERROR_CASES = [
+    "batch size 0",
+    "batch size -1",
+    "no shards",
+    "merge of nothing",
+    "missing metadata",
+    "output dir is a file",
+    "bad shard line at merge",
+]
+
+
+@pytest.mark.parametrize("case", BUILDER_ERROR_CASES)
+def test_user_errors_are_one_line_naming_flag_file_or_line(case, clip_dir, tmp_path, capsys):
+    argv, needles = builder_error_cases(clip_dir, tmp_path)[case]
+    code, last = cli_error(argv, capsys)
+    assert code == 2 and last.startswith("build_dataset.py: error: "), (code, last)
+    assert all(needle in last for needle in needles), last
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="--merge-only"):
+        build_dataset_main(["--output-dir", str(tmp_path / "empty"), "--merge-only", "--debug"])
+
+
+def test_clip_over_the_processors_limit_is_skipped_and_counted(clip_dir, tmp_path):
+    """Training refuses clips over DestaProcessor's max_audio_seconds (600 s): they never become records."""
+    write_clip(clip_dir / "long.wav", 601.0)
+    summary = echo_build(clip_dir, tmp_path / "out")
+    assert summary.written == 3 and dict(summary.skipped) == {"clip over max_audio_seconds": 1}
+    assert [row["id"] for row in summary.skipped_rows] == ["long.wav"]
+    assert "600" in summary.skipped_rows[0]["detail"]
+
+
+def test_resume_after_the_metadata_file_changed_is_refused(clip_dir, tmp_path):
+    from desta_audio.data.store import check_build_settings
+
+    builder = build_dataset_module()
+    metadata = write_jsonl(tmp_path / "meta.jsonl", [{"file": "c0.wav", "text": "a"}])
+    out = tmp_path / "out"
+    args = builder.parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(out)])
+    columns = SourceColumns(audio="file", transcript="text")
+    check_build_settings(out, builder.build_settings(args, columns))
+    check_build_settings(out, builder.build_settings(args, columns))  # unchanged: resumes
+    write_jsonl(metadata, [{"file": "c0.wav", "text": "b"}])
+    with pytest.raises(ValueError, match=r"built with other settings .*'metadata_sha256'.*--force"):
+        check_build_settings(out, builder.build_settings(args, columns))
+
+
+def test_folder_built_before_the_metadata_fingerprint_still_resumes(tmp_path, caplog):
+    from desta_audio.data.store import check_build_settings
+
+    builder = build_dataset_module()
+    metadata = write_jsonl(tmp_path / "meta.jsonl", [{"file": "c0.wav"}])
+    out = tmp_path / "out"
+    args = builder.parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(out)])
+    settings = builder.build_settings(args, SourceColumns())
+    del settings["metadata_sha256"]
+    check_build_settings(out, settings)
+    with caplog.at_level(logging.WARNING):
+        check_build_settings(out, builder.build_settings(args, SourceColumns()))
+    assert any("metadata" in r.getMessage() for r in caplog.records)

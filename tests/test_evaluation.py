@@ -2,6 +2,7 @@
 the knowledge-retention check (frozen = identical, LoRA = drift) and the espeak/sox smoke set end to end."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,20 @@ def test_reference_results_rescore_like_the_official_script(tmp_path):
     assert (tmp_path / "results.json").exists() and "| overall | all | 3 | 66.67 |" in (
         tmp_path / "results.md"
     ).read_text()
+
+
+def test_answer_not_among_its_choices_is_warned_and_counted(caplog):
+    """Such an item can never be scored right (or is scored against a typo): say so, naming it, once."""
+    records = [
+        {"id": "q1", "format": "mcq", "choices": PEOPLE, "answer": "man.", "prediction": "Man"},
+        {"id": "q2", "format": "mcq", "choices": PEOPLE, "answer": "Dog", "prediction": "Dog"},
+    ]
+    with caplog.at_level(logging.WARNING, logger="desta_audio.evaluation"):
+        results = score_predictions(records)
+    assert results["answer_not_in_choices"] == ["q2"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'q2'" in warnings[0] and "'q1'" not in warnings[0], warnings
+    assert "answer_not_in_choices" not in score_predictions(records[:1])
 
 
 def test_open_answer_and_wer_scoring():

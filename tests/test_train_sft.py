@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT
+from transformers.utils import is_torch_bf16_gpu_available
 
 from desta_audio import testing as tiny_assets
 from desta_audio.testing import sft_record
@@ -712,3 +714,110 @@ def test_trained_folder_loads_with_remote_code_alone_and_generates(ddp_run, audi
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "generated" in result.stdout
+
+
+# ----------------------------------------------------------------------------- user errors of the script
+
+
+def run_script(args: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    """train_sft.py with `args`, whatever its exit code."""
+    env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train_sft.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2, no traceback, and the last stderr line is the script's one error line naming what to fix."""
+    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last.startswith("train_sft.py: error: ") and all(n in last for n in needles), result.stderr[-3000:]
+
+
+def corrupt_checkpoint(output: Path) -> Path:
+    """A checkpoint whose trainer state is whole but whose weights file was cut short (a full disk, a stopped copy)."""
+    folder = output / "checkpoint-2"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (folder / "model.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": ')
+    return folder
+
+
+def script_error_cases(tmp_path: Path, llm_dir: Path, whisper_dir: Path, audio_dir: Path) -> dict[str, tuple]:
+    components = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), *SMALL_CONNECTOR, *CPU_TRAINING]
+    data = write_jsonl(tmp_path / "data.jsonl", [sft_record("r0", str(audio_dir / "tone.wav"), "A tone.")])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [sft_record("gone-0", str(tmp_path / "gone.wav"), "A tone.")])
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    resumed = tmp_path / "resumed"
+    checkpoint = corrupt_checkpoint(resumed)
+    return {
+        "output dir holds a model": (
+            [*components, "--data_files", str(data), "--output_dir", str(held)],
+            ("--output_dir", "already holds a model", "--overwrite_output_dir"),
+        ),
+        "no dataset": ([*components, "--output_dir", str(tmp_path / "o1")], ("--dataset_name", "--data_files")),
+        "bad record": (
+            [*components, "--data_files", str(bad), "--output_dir", str(tmp_path / "o2"), "--max_steps", "1"],
+            ("record 'gone-0'", "--on_bad_record skip"),
+        ),
+        "corrupt checkpoint": (
+            [*components, "--data_files", str(data), "--output_dir", str(resumed)]
+            + ["--resume_from_checkpoint", str(checkpoint)],
+            ("--resume_from_checkpoint", "model.safetensors"),
+        ),
+    }
+
+
+SCRIPT_ERROR_CASES = ["output dir holds a model", "no dataset", "bad record", "corrupt checkpoint"]
+
+
+@pytest.mark.parametrize("case", SCRIPT_ERROR_CASES)
+def test_script_user_errors_are_one_line_without_traceback(case, llm_dir, whisper_dir, audio_dir, tmp_path):
+    args, needles = script_error_cases(tmp_path, llm_dir, whisper_dir, audio_dir)[case]
+    assert_one_line_error(run_script(args, cwd=tmp_path), *needles)
+
+
+def test_script_debug_shows_the_traceback(llm_dir, whisper_dir, tmp_path):
+    args = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), *CPU_TRAINING, "--output_dir", str(tmp_path / "o")]
+    result = run_script([*args, "--debug"], cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "--dataset_name" in result.stderr
+
+
+def test_precision_default_follows_the_device_and_is_logged(tmp_path, caplog):
+    """No --bf16: bfloat16 where the GPU supports it, else float32, with one log line saying which and why."""
+    from desta_audio.training.setup import DestaSFTConfig
+
+    with caplog.at_level(logging.INFO, logger="desta_audio.training.setup"):
+        args = DestaSFTConfig(output_dir=str(tmp_path), report_to="none")
+    assert args.bf16 == is_torch_bf16_gpu_available()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision: ")]
+    assert len(lines) == 1 and ("bfloat16" if args.bf16 else "float32") in lines[0], lines
+    with caplog.at_level(logging.INFO, logger="desta_audio.training.setup"):
+        on_cpu = DestaSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert on_cpu.bf16 is False
+    assert DestaSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=True).bf16  # asked for
+    assert DestaSFTConfig(output_dir=str(tmp_path), report_to="none", fp16=True, use_cpu=True).bf16 is False
+
+
+@pytest.mark.skipif(is_torch_bf16_gpu_available(), reason="this GPU supports bf16")
+def test_explicit_bf16_without_support_is_one_line(llm_dir, whisper_dir, tmp_path):
+    args = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), "--output_dir", str(tmp_path / "o"), "--bf16", "true"]
+    assert_one_line_error(run_script(args, cwd=tmp_path), "--bf16 true", "--bf16 false")
+
+
+def test_script_on_cpu_without_precision_flags_picks_float32(llm_dir, whisper_dir, tmp_path):
+    """TRL's default bf16=True used to end here in "Your setup doesn't support bf16/gpu"; now the run goes on (to the
+    next error, no dataset) after logging the precision it chose."""
+    if is_torch_bf16_gpu_available():
+        pytest.skip("this GPU supports bf16")
+    result = run_script(["--llm", str(llm_dir), "--whisper", str(whisper_dir), "--output_dir", str(tmp_path)], tmp_path)
+    assert "precision: float32" in result.stderr, result.stderr[-3000:]
+    assert_one_line_error(result, "--dataset_name")

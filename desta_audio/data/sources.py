@@ -5,6 +5,7 @@ dataset with an audio column; `prepare_row` turns one raw row into a decoded cli
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import os
@@ -15,13 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from processing.audio_io import TARGET_SAMPLING_RATE, load_audio
+from processing import DestaProcessor
+from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError, load_audio
 
 from ..common import load_dataset_from, select_split
 from .descriptions import Segment, format_value, parse_segments, seed_description, training_messages
 
 logger = logging.getLogger(__name__)
 
+
+# DestaProcessor refuses longer clips (so training would), so the builder skips them: the processor's default.
+MAX_AUDIO_SECONDS: float = inspect.signature(DestaProcessor).parameters["max_audio_seconds"].default
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm"})
 
@@ -203,8 +208,11 @@ class PreparedRow:
 
 
 def decode_audio(source: Any) -> np.ndarray:
+    """The clip at 16 kHz; one over MAX_AUDIO_SECONDS is refused from its header, before it is decoded in full."""
     try:
-        return load_audio(source, sampling_rate=TARGET_SAMPLING_RATE)
+        return load_audio(source, sampling_rate=TARGET_SAMPLING_RATE, max_seconds=MAX_AUDIO_SECONDS)
+    except AudioTooLongError as error:
+        raise BadRow("clip over max_audio_seconds", f"{error} Skipped: training would refuse it.") from error
     except FileNotFoundError as error:
         raise BadRow("missing audio file", str(error)) from error
     except (ValueError, OSError, RuntimeError) as error:

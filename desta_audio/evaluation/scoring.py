@@ -22,6 +22,7 @@ CATEGORY_COLUMN_CANDIDATES = ("task", "category", "sub-category", "difficulty")
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
 ARTICLES = {"a", "an", "the"}
+PREDICTION_FIELDS = ("id", "format", "answer", "prediction")  # what scoring reads from every prediction record
 
 
 def mmau_tokens(text: str) -> set[str]:
@@ -140,13 +141,35 @@ def score_predictions(records: list[dict], group_by: Sequence[str] | None = None
             if value is not None:
                 members.setdefault(str(value), []).append(record)
         groups[name] = {value: _metrics(members[value], fmt) for value in sorted(members)}
-    return {
+    results = {
         "format": fmt,
         "metric": PRIMARY_METRIC[fmt],
         "unit": "percent",
         "overall": _metrics(records, fmt),
         "groups": groups,
     }
+    unlisted = answers_not_in_choices(records) if fmt == "mcq" else []
+    if unlisted:
+        results["answer_not_in_choices"] = unlisted
+    return results
+
+
+def answers_not_in_choices(records: list[dict]) -> list[str]:
+    """Ids of multiple-choice items whose answer is none of their choices (a typo in the answer key, a shuffled
+    list): scored all the same, so warned about, once, naming them. Compared as MMAU's scorer sees text."""
+    ids = [
+        str(r["id"])
+        for r in records
+        if r["choices"] and not any(mmau_tokens(a) in map(mmau_tokens, r["choices"]) for a in _answers(r["answer"]))
+    ]
+    if ids:
+        shown = ", ".join(map(repr, ids[:20])) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        logger.warning("%d item(s) have an answer that is none of their choices, scored anyway: %s", len(ids), shown)
+    return ids
+
+
+def _answers(answer) -> list:
+    return list(answer) if isinstance(answer, (list, tuple)) else [answer]
 
 
 def _category_fields(records: list[dict]) -> list[str]:
@@ -186,17 +209,38 @@ def write_report(report: dict, markdown: str, output_dir, json_name: str, markdo
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
-    """Prediction records of a JSONL file, first record per id kept (a torn last line is skipped, see `read_jsonl`)."""
+    """Prediction records of a JSONL file, first record per id kept (a torn last line is skipped, see `read_jsonl`).
+
+    A record without the fields scoring needs is an error naming the file and line."""
     if not Path(path).exists():
         return []
     records, seen = [], set()
-    for record in read_jsonl(path):
+    for number, record in zip(record_line_numbers(path), read_jsonl(path)):
+        check_prediction(record, path, number)
         if record["id"] in seen:
             logger.warning("%s: duplicate prediction for id %r ignored", path, record["id"])
             continue
         seen.add(record["id"])
         records.append(record)
     return records
+
+
+def record_line_numbers(path: str | os.PathLike) -> list[int]:
+    """The line number of each record `read_jsonl` yields: its non-blank lines, split as it splits them."""
+    lines = Path(path).read_bytes().split(b"\n")
+    return [number for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def check_prediction(record: dict, path: str | os.PathLike, line: int) -> None:
+    wanted = PREDICTION_FIELDS + (("choices",) if record.get("format") == "mcq" else ())
+    missing = [key for key in wanted if key not in record]
+    if missing:
+        raise ValueError(
+            f"{path}:{line}: the prediction has no {', '.join(map(repr, missing))} field (it has {sorted(record)}); "
+            f"every line needs {', '.join(PREDICTION_FIELDS)} (and choices for mcq): fix or remove that line."
+        )
+    if record["format"] not in PRIMARY_METRIC:
+        raise ValueError(f"{path}:{line}: format {record['format']!r} is not one of {sorted(PRIMARY_METRIC)}.")
 
 
 def records_from_reference_results(rows: list[dict]) -> list[dict]:

@@ -12,14 +12,17 @@ import logging
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 from trl import ScriptArguments, SFTConfig, SFTTrainer
 
 from modeling_desta import DestaForConditionalGeneration
@@ -88,6 +91,41 @@ class DestaScriptArguments(ScriptArguments):
         default=False,
         metadata={"help": "Train into an --output_dir that already holds a model or checkpoints (they are replaced)."},
     )
+
+
+class DestaSFTConfig(SFTConfig):
+    """`SFTConfig` whose `--bf16` default follows the machine: TRL turns bf16 on everywhere, which ends a run on a
+    machine without bfloat16 support in transformers' "Your setup doesn't support bf16/gpu" traceback.
+
+    Left unset, bf16 is on where the GPU supports it and off elsewhere (float32; on CPU only when asked for, as
+    autocast there is slow); one log line says which and why. An explicit `--bf16 true` that the machine cannot
+    honour is a one-line error.
+    """
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16, why = default_bf16(self.fp16, self.use_cpu)
+        elif self.bf16 and not (self.use_cpu or is_torch_bf16_gpu_available() or is_torch_xla_available()):
+            raise ValueError(
+                "--bf16 true: this machine has no GPU with bfloat16 support; pass --bf16 false to train in float32, "
+                "or --use_cpu true for bfloat16 autocast on CPU"
+            )
+        else:
+            why = f"--bf16 {str(self.bf16).lower()}"
+        precision = "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
+        logger.info("precision: %s (%s)", precision, why)
+        super().__post_init__()
+
+
+def default_bf16(fp16: bool, use_cpu: bool) -> tuple[bool, str]:
+    """(bf16, the reason) when --bf16 is not given."""
+    if fp16:
+        return False, "--fp16 is set"
+    if use_cpu:
+        return False, "--use_cpu; pass --bf16 true for bfloat16 autocast on CPU"
+    if is_torch_bf16_gpu_available():
+        return True, "the GPU supports bfloat16; pass --bf16 false for float32"
+    return False, "no GPU with bfloat16 support"
 
 
 # ----------------------------------------------------------------------------- model
@@ -198,6 +236,8 @@ def load_sft_dataset(script_args: DestaScriptArguments):
     import datasets
 
     name, files, streaming = script_args.dataset_name, script_args.data_files, script_args.dataset_streaming
+    if missing := [f for f in files or [] if is_local_file_name(f) and not Path(f).is_file()]:
+        raise FileNotFoundError(f"--data_files {missing[0]}: no such file")
     if files and all(Path(f).suffix.lower() == ".jsonl" for f in files) and name in (None, "json"):
         loaded = jsonl_dataset(files, streaming)
     elif files:
@@ -210,6 +250,11 @@ def load_sft_dataset(script_args: DestaScriptArguments):
     else:
         loaded = load_dataset_from(name, script_args.dataset_config, streaming)
     return as_dataset_dict(loaded, script_args.dataset_train_split)
+
+
+def is_local_file_name(name: str) -> bool:
+    """Not a URL (hf://, https://) or a glob pattern, which `datasets` resolves itself."""
+    return "://" not in name and not any(c in name for c in "*?[")
 
 
 def data_file_builder(files: list[str]) -> str:
@@ -329,21 +374,57 @@ def resume_target(value: str | bool | None, output_dir: str | os.PathLike | None
         return None
     if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "latest")):
         return True if output_dir is None else latest_complete_checkpoint(output_dir)
-    if value and not is_complete_checkpoint(value):
+    if value and (problem := checkpoint_problem(value)):
         raise ValueError(
-            f"--resume_from_checkpoint {value}: not a complete checkpoint (no {TRAINER_STATE_NAME} or weights)."
+            f"--resume_from_checkpoint {value}: not a complete checkpoint ({problem}); name an earlier checkpoint-N, "
+            "or pass --resume_from_checkpoint true for the latest complete one."
         )
     return value
 
 
 def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
-    """The Trainer writes the trainer state last: with it (readable) and weights, the checkpoint is whole."""
+    return checkpoint_problem(folder) is None
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` is no complete checkpoint, or None: the Trainer writes the trainer state last, so with it
+    (readable) and weights, the save finished."""
     folder = Path(folder)
+    if not folder.is_dir():
+        return "no such folder"
     try:
         json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+        return f"no readable {TRAINER_STATE_NAME}"
+    if not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+        return "no weights"
+    return None
+
+
+def check_checkpoint_files(checkpoint: str | os.PathLike | bool | None) -> None:
+    """Refuse to resume from a checkpoint with a file cut short after the save (a full disk, a stopped copy): it
+    is caught from its header or zip directory, without reading the weights, and named in one line."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return
+    broken = [path.name for path in sorted(Path(checkpoint).iterdir()) if not _readable_checkpoint_file(path)]
+    if broken:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: {', '.join(broken)} truncated or corrupt; name an earlier "
+            "checkpoint-N, or move this one away and pass --resume_from_checkpoint true."
+        )
+
+
+def _readable_checkpoint_file(path: Path) -> bool:
+    """safetensors: the header reads and covers the file; torch files (.pt, .pth, .bin): a whole zip archive."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt"):
+                return True
+        except (SafetensorError, OSError):
+            return False
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return zipfile.is_zipfile(path)
+    return True
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
@@ -359,9 +440,10 @@ def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
 
 def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str:
     for folder in checkpoint_dirs(output_dir):
-        if is_complete_checkpoint(folder):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return str(folder)
-        logger.warning("skipping %s: an incomplete checkpoint (interrupted while saving)", folder)
+        logger.warning("skipping %s: an incomplete checkpoint (%s; interrupted while saving?)", folder, problem)
     raise ValueError(f"--resume_from_checkpoint: no complete checkpoint in {output_dir}.")
 
 
