@@ -24,7 +24,7 @@ from transformers import AutoConfig
 
 from modeling_desta.configuration_desta import DestaReleaseConfig
 from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
-from processing import DEFAULT_SYSTEM_PROMPT
+from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
 from . import evaluation as ev
 from .common import DTYPES, AnswerStream, load_pipeline, resolve_device
@@ -74,7 +74,9 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser
     chat.add_argument("audio", nargs="+", help="audio files or http(s) URLs, all placed in one user turn")
     chat.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help=f"the question (default: {DEFAULT_PROMPT!r})")
     chat.add_argument(
-        "--system", default=DEFAULT_SYSTEM_PROMPT, help=f"system prompt (default: {DEFAULT_SYSTEM_PROMPT!r})"
+        "--system",
+        default=None,
+        help=f"system prompt (default: the checkpoint processor's default_system_prompt, {DEFAULT_SYSTEM_PROMPT!r})",
     )
     chat.add_argument("--transcript", action="append", default=None, help="transcript per clip, in order (skips ASR)")
     chat.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"Hub id or local folder (default: {DEFAULT_MODEL_ID})")
@@ -156,10 +158,7 @@ def build_conversation(args) -> list[dict]:
         {"type": "audio", "path": path, **({"transcript": transcripts[i]} if transcripts else {})}
         for i, path in enumerate(args.audio)
     ]
-    conversation = [{"role": "user", "content": items + [{"type": "text", "text": args.prompt}]}]
-    if args.system:
-        conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
-    return conversation
+    return audio_chat(items, args.prompt, args.system)
 
 
 def generation_kwargs(args) -> dict:
@@ -265,7 +264,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     data.add_argument(
         "--system-prompt",
         default=None,
-        help="default: the reference's MMAU prompt for mcq, 'Focus on the audio clips and instructions.' otherwise",
+        help=f"default: the reference's MMAU prompt for mcq, {DEFAULT_SYSTEM_PROMPT!r} otherwise",
     )
 
     retention = parser.add_argument_group("knowledge retention")

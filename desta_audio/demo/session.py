@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from modeling_desta.release_desta import RELEASE_REPO_ID
-from processing import DEFAULT_SYSTEM_PROMPT
 from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError
 from processing.audio_sources import AudioSourcePolicy
 
@@ -185,8 +184,10 @@ def decode_within_budget(chat: Chat, files: list, processor, max_bytes: int) -> 
 
 
 def conversation_for(chat: Chat, system_prompt: str | None) -> list[dict]:
-    system = (system_prompt or "").strip() or DEFAULT_SYSTEM_PROMPT
-    return [{"role": "system", "content": [{"type": "text", "text": system}]}, *chat.messages]
+    """The chat as the pipeline reads it: the user's system prompt first when they typed one, else none (the
+    processor then puts its `default_system_prompt` first, as for every chat)."""
+    system = (system_prompt or "").strip()
+    return [*([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []), *chat.messages]
 
 
 def generation_kwargs(max_new_tokens: int, temperature: float) -> dict:

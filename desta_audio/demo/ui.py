@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from processing import DEFAULT_SYSTEM_PROMPT
+
 from .examples import EXAMPLES_DIR, example_inputs
 from .session import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -110,7 +112,7 @@ def build_app(loader: ModelLoader, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB)
                 system_prompt = gr.Textbox(
                     label="System prompt (optional)",
                     elem_id="system-prompt",
-                    placeholder="Focus on the audio clips and instructions.",
+                    placeholder=DEFAULT_SYSTEM_PROMPT,
                 )
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     max_new_tokens = gr.Slider(

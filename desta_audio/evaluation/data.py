@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processing import DEFAULT_SYSTEM_PROMPT
+from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
 from ..common import load_dataset_from, resolve_audio_path, select_split
 from .scoring import strip_answer_prefix
@@ -215,10 +215,7 @@ def build_conversation(item: EvalItem, fmt: str, system_prompt: str | None = Non
         audio["transcript"] = item.transcript
     elif no_asr:
         audio["transcript"] = ""
-    return [
-        {"role": "system", "content": [{"type": "text", "text": resolve_system_prompt(fmt, system_prompt)}]},
-        {"role": "user", "content": [audio, {"type": "text", "text": user_text(item, fmt)}]},
-    ]
+    return audio_chat([audio], user_text(item, fmt), resolve_system_prompt(fmt, system_prompt))
 
 
 def prediction_record(item: EvalItem, fmt: str, output: dict) -> dict:

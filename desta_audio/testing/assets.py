@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from processing import DEFAULT_SYSTEM_PROMPT
+from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
 LLAMA3_SPLIT_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SPECIAL_TOKENS = [
@@ -189,17 +189,5 @@ def sine(seconds: float, freq: float = 440.0, rate: int = 16000) -> np.ndarray:
 
 def sft_record(rid: str, audio, response: str, instruction: str = "What is it?", transcript: str = "") -> dict:
     """A training record in the content-list form: system + user (audio item, text), the target in `response`."""
-    return {
-        "id": rid,
-        "messages": [
-            {"role": "system", "content": [{"type": "text", "text": DEFAULT_SYSTEM_PROMPT}]},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "audio", "path": audio, "transcript": transcript},
-                    {"type": "text", "text": instruction},
-                ],
-            },
-        ],
-        "response": response,
-    }
+    audio_item = {"type": "audio", "path": audio, "transcript": transcript}
+    return {"id": rid, "messages": audio_chat([audio_item], instruction, DEFAULT_SYSTEM_PROMPT), "response": response}
