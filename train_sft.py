@@ -56,59 +56,58 @@ import sys
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from desta_audio import training as sft
 from desta_audio.cli import report_errors
-from desta_audio.training import BadRecordError
-from desta_audio.training import setup as sft_setup
 
 logger = logging.getLogger("train_sft")
 
 
-def main(script_args: sft_setup.DestaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
-    resume = sft_setup.resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
-    sft_setup.check_checkpoint_files(resume)
-    sft_setup.check_output_dir(training_args.output_dir, bool(resume), script_args.overwrite_output_dir)
-    dataset = sft_setup.load_sft_dataset(script_args)  # before the model: a data mistake is named in seconds
-    model, processor = sft_setup.load_model_and_processor(script_args, model_args, seed=training_args.seed)
-    sft_setup.freeze_for_sft(model)
+def main(script_args: sft.DestaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    resume = sft.resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    sft.check_checkpoint_files(resume)
+    sft.check_output_dir(training_args.output_dir, bool(resume), script_args.overwrite_output_dir)
+    dataset = sft.load_sft_dataset(script_args)  # before the model: a data mistake is named in seconds
+    model, processor = sft.load_model_and_processor(script_args, model_args, seed=training_args.seed)
+    sft.freeze_for_sft(model)
 
     train_dataset = dataset[script_args.dataset_train_split]
     eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
 
-    trainer = sft_setup.build_trainer(
+    trainer = sft.build_trainer(
         model,
         processor,
         training_args,
         script_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        peft_config=sft_setup.lora_config(model_args),
-        card_info=sft_setup.card_info_from_args(script_args, model_args, training_args),
+        peft_config=sft.lora_config(model_args),
+        card_info=sft.card_info_from_args(script_args, model_args, training_args),
     )
     logger.info("trainable parameters: %d", sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
 
     train(trainer, resume)
-    output_dir = sft_setup.save_final_model(trainer)
+    output_dir = sft.save_final_model(trainer)
     logger.info("model saved to %s", output_dir)
 
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         logger.info("model pushed to https://huggingface.co/%s", trainer.hub_model_id)
     trainer.end()
-    sft_setup.leave_distributed_run()
+    sft.leave_distributed_run()
 
 
 def train(trainer, resume) -> None:
     """`trainer.train`, with a bad record (under the default --on_bad_record error) named with what to do."""
     try:
         trainer.train(resume_from_checkpoint=resume)
-    except BadRecordError as error:
+    except sft.BadRecordError as error:
         raise ValueError(
             f"{error}; fix or remove that record, or pass --on_bad_record skip to drop (and count) such records"
         ) from error
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((sft_setup.DestaScriptArguments, sft_setup.DestaSFTConfig, ModelConfig))
+    return TrlParser((sft.DestaScriptArguments, sft.DestaSFTConfig, ModelConfig))
 
 
 def take_debug_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from desta_audio import testing as tiny_assets
-from desta_audio.training.setup import DestaScriptArguments, build_trainer, freeze_for_sft
+from desta_audio.training import DestaScriptArguments, build_trainer, freeze_for_sft
 from modeling_desta import DestaConfig, DestaForConditionalGeneration
 from processing import DestaProcessor
 

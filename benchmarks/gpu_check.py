@@ -38,8 +38,8 @@ from desta_audio import testing as tiny_assets
 from desta_audio.data.descriptions import generation_messages, load_instructions
 from desta_audio.data.engines import TransformersGenerator, VLLMGenerator
 from desta_audio.testing.assets import AUDIO_TOKEN
+from desta_audio.training import freeze_for_sft
 from desta_audio.training.collator import DestaSFTCollator
-from desta_audio.training.setup import freeze_for_sft
 from modeling_desta import DestaConfig, DestaForConditionalGeneration
 from processing import DestaProcessor
 from processing.pipeline_desta import DestaAudioTextToTextPipeline

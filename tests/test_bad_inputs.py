@@ -722,7 +722,7 @@ def _sft_config(out, **overrides):
 
 
 def _script_args(**overrides):
-    from desta_audio.training.setup import DestaScriptArguments
+    from desta_audio.training import DestaScriptArguments
 
     return DestaScriptArguments(dataset_name=None, **overrides)
 
@@ -732,7 +732,7 @@ def test_skip_never_aborts_even_when_a_whole_batch_is_bad(llm_dir, whisper_dir, 
     """Batch size 1, two bad records of four: every step still trains, on a good record drawn in their place."""
     import datasets
 
-    from desta_audio.training.setup import build_trainer, load_model_and_processor
+    from desta_audio.training import build_trainer, load_model_and_processor
 
     args = _script_args(
         llm=str(llm_dir),
@@ -765,8 +765,8 @@ def test_skip_never_aborts_even_when_a_whole_batch_is_bad(llm_dir, whisper_dir, 
 def test_streamed_dataset_filters_bad_records_before_batching(tiny_parts, audio_dir, tmp_path):
     import datasets
 
+    from desta_audio.training import skip_bad_records
     from desta_audio.training.collator import DestaSFTCollator
-    from desta_audio.training.setup import skip_bad_records
 
     _, processor = tiny_parts
     rows = [
@@ -779,7 +779,7 @@ def test_streamed_dataset_filters_bad_records_before_batching(tiny_parts, audio_
 
 
 def test_output_dir_holding_a_model_is_not_overwritten(saved_model_dir, tmp_path):
-    from desta_audio.training.setup import check_output_dir
+    from desta_audio.training import check_output_dir
 
     with pytest.raises(
         ValueError, match=r"already holds a model \(config.json, model.safetensors\).*--overwrite_output_dir"
@@ -792,7 +792,7 @@ def test_output_dir_holding_a_model_is_not_overwritten(saved_model_dir, tmp_path
 
 
 def test_resume_skips_an_incomplete_checkpoint(tmp_path, caplog):
-    from desta_audio.training.setup import resume_target
+    from desta_audio.training import resume_target
 
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -812,7 +812,7 @@ def test_resume_skips_an_incomplete_checkpoint(tmp_path, caplog):
 def test_seed_makes_the_fresh_connector_reproducible(llm_dir, whisper_dir):
     from trl import ModelConfig
 
-    from desta_audio.training.setup import load_model_and_processor
+    from desta_audio.training import load_model_and_processor
 
     args = _script_args(
         llm=str(llm_dir),
@@ -831,7 +831,7 @@ def test_seed_makes_the_fresh_connector_reproducible(llm_dir, whisper_dir):
 
 
 def test_train_data_tolerates_a_torn_last_line_and_names_a_corrupt_one(tmp_path, caplog):
-    from desta_audio.training.setup import load_sft_dataset
+    from desta_audio.training import load_sft_dataset
 
     rows = [sft_record(f"r{i}", "clip.wav", "A tone.") for i in range(3)]
     path = tmp_path / "data.jsonl"

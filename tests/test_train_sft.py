@@ -250,7 +250,7 @@ def test_bad_records_raise_or_are_skipped_and_counted_never_trained_without_audi
 def test_dataset_loading_from_build_dataset_folders_and_files(tmp_path):
     import datasets
 
-    from desta_audio.training.setup import DestaScriptArguments, load_sft_dataset
+    from desta_audio.training import DestaScriptArguments, load_sft_dataset
 
     rows = [sft_record(f"r{i}", f"{i}.wav", "ok") for i in range(3)]
     records_only = tmp_path / "records_only"
@@ -450,7 +450,7 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
     """The answer depends on the audio only (same text, no transcript); training must find it in the sound."""
     import datasets
 
-    from desta_audio.training.setup import (
+    from desta_audio.training import (
         DestaScriptArguments,
         build_trainer,
         freeze_for_sft,
@@ -509,7 +509,7 @@ def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_
 def test_frozen_whisper_builds_no_graph_under_activation_checkpointing(llm_dir, whisper_dir, audio_dir):
     """Checkpointing (and PEFT) hook every input embedding to require grad, Whisper's conv1 included; a frozen
     encoder must still run without autograd, or each step would backpropagate through all of Whisper."""
-    from desta_audio.training.setup import freeze_for_sft
+    from desta_audio.training import freeze_for_sft
 
     model, processor = small_model(llm_dir, whisper_dir)
     freeze_for_sft(model).train()
@@ -531,7 +531,7 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
     import datasets
     from trl import ModelConfig
 
-    from desta_audio.training.setup import (
+    from desta_audio.training import (
         DestaScriptArguments,
         build_trainer,
         freeze_for_sft,
@@ -588,7 +588,7 @@ def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir
     import datasets
     from transformers import TrainerCallback
 
-    from desta_audio.training.setup import (
+    from desta_audio.training import (
         DestaScriptArguments,
         build_trainer,
         freeze_for_sft,
@@ -793,14 +793,14 @@ def test_script_debug_shows_the_traceback(llm_dir, whisper_dir, tmp_path):
 
 def test_precision_default_follows_the_device_and_is_logged(tmp_path, caplog):
     """No --bf16: bfloat16 where the GPU supports it, else float32, with one log line saying which and why."""
-    from desta_audio.training.setup import DestaSFTConfig
+    from desta_audio.training import DestaSFTConfig
 
-    with caplog.at_level(logging.INFO, logger="desta_audio.training.setup"):
+    with caplog.at_level(logging.INFO, logger="desta_audio.training.arguments"):
         args = DestaSFTConfig(output_dir=str(tmp_path), report_to="none")
     assert args.bf16 == is_torch_bf16_gpu_available()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision: ")]
     assert len(lines) == 1 and ("bfloat16" if args.bf16 else "float32") in lines[0], lines
-    with caplog.at_level(logging.INFO, logger="desta_audio.training.setup"):
+    with caplog.at_level(logging.INFO, logger="desta_audio.training.arguments"):
         on_cpu = DestaSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     assert on_cpu.bf16 is False
     assert DestaSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=True).bf16  # asked for

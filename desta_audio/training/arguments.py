@@ -1,0 +1,102 @@
+"""The typed arguments of `train_sft.py` (beside TRL's `SFTConfig` and `ModelConfig`): data, model and connector
+options, and the precision default (bf16 only where the device supports it)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+from trl import ScriptArguments, SFTConfig
+
+from .collator import BAD_RECORD_POLICIES, PADDING_SIDES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DestaScriptArguments(ScriptArguments):
+    """Data and model-construction arguments of `train_sft.py` (TRL's `ScriptArguments` plus DeSTA's own)."""
+
+    data_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Data files (JSON Lines, Parquet, CSV, Arrow) to train on, alone or with --dataset_name."},
+    )
+    audio_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative audio paths in the records are relative to."}
+    )
+    audio_column: str = field(
+        default="audio",
+        metadata={
+            "help": "Record column whose audio fills audio items that carry none (e.g. a datasets Audio column)."
+        },
+    )
+    llm: str | None = field(
+        default=None, metadata={"help": "Causal LM (Hub id or folder) for a fresh model; use with --whisper."}
+    )
+    whisper: str | None = field(
+        default=None, metadata={"help": "Whisper model (Hub id or folder) for a fresh model; use with --llm."}
+    )
+    num_audio_queries: int = field(default=64, metadata={"help": "Fresh connector: vectors per 30 s window."})
+    qformer_num_hidden_layers: int = field(default=6, metadata={"help": "Fresh connector: Q-Former depth."})
+    qformer_intermediate_size: int = field(default=3072, metadata={"help": "Fresh connector: feed-forward width."})
+    audio_layer_ids: list[int] | None = field(
+        default=None,
+        metadata={"help": "Fresh connector: 0-based Whisper encoder layers to tap (default: 4 evenly spaced)."},
+    )
+    max_transcript_tokens: int | None = field(
+        default=100, metadata={"help": "Cap on each transcript's LLM tokens (the release used 100)."}
+    )
+    on_bad_record: str = field(
+        default="error",
+        metadata={
+            "help": "A record with missing/undecodable audio, no audio, or over --max_length: 'error' stops with its "
+            "id, 'skip' drops it with a warning and counts it. Records are never truncated.",
+            "choices": list(BAD_RECORD_POLICIES),
+        },
+    )
+    padding_side: str = field(
+        default="right", metadata={"help": "Padding side of training batches.", "choices": list(PADDING_SIDES)}
+    )
+    license: str = field(
+        default="other", metadata={"help": "License named in the model card (the base models' terms apply)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a model or checkpoints (they are replaced)."},
+    )
+
+
+class DestaSFTConfig(SFTConfig):
+    """`SFTConfig` whose `--bf16` default follows the machine: TRL turns bf16 on everywhere, which ends a run on a
+    machine without bfloat16 support in transformers' "Your setup doesn't support bf16/gpu" traceback.
+
+    Left unset, bf16 is on where the GPU supports it and off elsewhere (float32; on CPU only when asked for, as
+    autocast there is slow); one log line says which and why. An explicit `--bf16 true` that the machine cannot
+    honour is a one-line error.
+    """
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16, why = default_bf16(self.fp16, self.use_cpu)
+        elif self.bf16 and not (self.use_cpu or is_torch_bf16_gpu_available() or is_torch_xla_available()):
+            raise ValueError(
+                "--bf16 true: this machine has no GPU with bfloat16 support; pass --bf16 false to train in float32, "
+                "or --use_cpu true for bfloat16 autocast on CPU"
+            )
+        else:
+            why = f"--bf16 {str(self.bf16).lower()}"
+        precision = "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
+        logger.info("precision: %s (%s)", precision, why)
+        super().__post_init__()
+
+
+def default_bf16(fp16: bool, use_cpu: bool) -> tuple[bool, str]:
+    """(bf16, the reason) when --bf16 is not given."""
+    if fp16:
+        return False, "--fp16 is set"
+    if use_cpu:
+        return False, "--use_cpu; pass --bf16 true for bfloat16 autocast on CPU"
+    if is_torch_bf16_gpu_available():
+        return True, "the GPU supports bfloat16; pass --bf16 false for float32"
+    return False, "no GPU with bfloat16 support"
