@@ -57,7 +57,7 @@ import sys
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from desta_audio import training as sft
-from desta_audio.cli import report_errors
+from desta_audio.errors import report_errors
 
 logger = logging.getLogger("train_sft")
 

@@ -7,7 +7,8 @@
     desta-audio demo [--model REPO_OR_DIR] [--host HOST] [--port PORT] [--share]   (needs the `demo` extra)
 
 Every command takes `--debug` (a traceback instead of the one-line error). See docs/evaluation.md for `eval`;
-`build_dataset.py` and `train_sft.py` are scripts of their own, which end their errors through `report_errors`.
+`build` is `build_dataset.py` (the same arguments); `train_sft.py` is a script of its own. All end their errors through
+`desta_audio.errors.report_errors`.
 """
 
 import argparse
@@ -16,7 +17,6 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -28,7 +28,10 @@ from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
 from . import evaluation as ev
 from .common import DTYPES, AnswerStream, load_pipeline, resolve_device
+from .data.arguments import BuildArguments, add_build_arguments
+from .data.arguments import run as run_dataset_build
 from .demo import add_demo_arguments, run_demo
+from .errors import report_errors
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
@@ -40,9 +43,6 @@ DEFAULT_EVAL_OUTPUT_DIR = "eval_results"
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DESTA_MODEL_TYPES = ("desta", DestaReleaseConfig.model_type)
-DEBUG_ENV = "DESTA_AUDIO_DEBUG"
-# A user's mistake (a missing file, a bad value): one line, exit code 2. Anything else: one line, exit code 1.
-USER_ERRORS = (FileNotFoundError, ValueError, OSError)
 
 logger = logging.getLogger("desta-audio")
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_arguments(
         commands.add_parser("convert", help="convert the authors' release format into a self-contained checkpoint")
     ).set_defaults(handler=run_convert)
+    build = commands.add_parser("build", help="build a self-generated dataset (build_dataset.py's arguments)")
+    add_build_arguments(build, exclude=("debug",)).set_defaults(handler=run_build)
     smoke = commands.add_parser("smoke-qa", help="build the 16-question espeak-ng/sox audio QA set offline")
     smoke.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
     smoke.set_defaults(handler=run_smoke_qa)
@@ -376,21 +378,10 @@ def run_checked_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def report_errors(prog: str, run: Callable[[], int | None], debug: bool = False) -> int:
-    """Run `run()` and end the way every command line of the project does: a user error is one line
-    `PROG: error: ...` on stderr and exit code 2, anything else one line and exit code 1. `debug` (--debug, or
-    DESTA_AUDIO_DEBUG=1) lets the error through, traceback and all. Used by build_dataset.py and train_sft.py too."""
-    try:
-        return run() or 0
-    except Exception as error:
-        if debug or os.environ.get(DEBUG_ENV):
-            raise
-        message = " ".join(str(error).split())  # one line, even for a library's multi-line message
-        if isinstance(error, USER_ERRORS):
-            sys.stderr.write(f"{prog}: error: {message}\n")
-            return 2
-        sys.stderr.write(f"{prog}: error: {type(error).__name__}: {message} (pass --debug for details)\n")
-        return 1
+def run_build(args) -> int:
+    """`desta-audio build`: `build_dataset.py` as a subcommand (one library behind both)."""
+    logging.getLogger().setLevel(args.log_level.upper())
+    return run_dataset_build(BuildArguments.from_namespace(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ import pytest
 import soundfile
 
 from desta_audio import testing as tiny_assets
+from desta_audio.data import build_main
+from desta_audio.data.arguments import parse_args
 from desta_audio.data.builder import BuildOptions
 from desta_audio.data.builder import build as run_build
 from desta_audio.data.descriptions import (
@@ -434,7 +436,7 @@ def test_datasets_source_from_disk_through_the_cli(corpus, llm_dir, tmp_path):
     dataset.save_to_disk(str(tmp_path / "source"))
     argv = ["--load-from-disk", str(tmp_path / "source"), "--attribute-columns", "category", "--dataset-label", "tones",
             "--model", str(llm_dir), "--device", "cpu", "--max-new-tokens", "4", "--output-dir", str(tmp_path / "out")]  # fmt: skip
-    assert build_dataset_main(argv) == 0
+    assert build_main(argv) == 0
     records = by_id(all_records(tmp_path / "out"))
     assert sorted(records) == ["tones/train/0", "tones/train/1", "tones/train/2"]
     # save_to_disk embedded the clips: rows with bytes (or an array) and no file are written once as 16 kHz FLAC
@@ -446,22 +448,9 @@ def test_datasets_source_from_disk_through_the_cli(corpus, llm_dir, tmp_path):
     assert records["tones/train/0"]["dataset"] == "tones"
 
 
-def build_dataset_module():
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        import build_dataset
-    finally:
-        sys.path.remove(str(REPO_ROOT))
-    return build_dataset
-
-
-def build_dataset_main(argv: list[str]) -> int:
-    return build_dataset_module().main(argv)
-
-
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        build_dataset_main(["--help"])
+        build_main(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     flags = [
@@ -474,6 +463,36 @@ def test_help_explains_every_flag(capsys):
     ]  # fmt: skip
     for flag in flags:
         assert f"{flag} " in text or f"{flag}," in text, flag
+
+
+def test_flags_take_both_spellings_and_booleans_are_bare_flags():
+    dashed = parse_args(
+        ["--audio-dir", "a", "--model", "m", "--output-dir", "o", "--backend", "vllm", "--batch-size", "4",
+         "--require-transcript", "--no-prefix-cache"]
+    )  # fmt: skip
+    underscored = parse_args(
+        ["--audio_dir", "a", "--model", "m", "--output_dir", "o", "--engine", "vllm", "--batch_size", "4",
+         "--require_transcript", "true", "--no_prefix_cache"]
+    )  # fmt: skip
+    assert dashed == underscored
+    assert dashed.engine == "vllm" and dashed.batch_size == 4 and dashed.require_transcript and dashed.no_prefix_cache
+    assert not (dashed.merge_only or dashed.force or dashed.debug or dashed.keep_truncated_answers)
+
+
+def test_the_resume_fingerprint_keeps_its_keys(tmp_path):
+    """build_settings.json of existing folders must keep matching: a key added to the fingerprint refuses them all."""
+    metadata = write_jsonl(tmp_path / "meta.jsonl", [{"file": "c0.wav"}])
+    args = parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(tmp_path / "out")])
+    settings = args.settings(SourceColumns())
+    assert sorted(settings) == sorted(
+        ["source", "audio_dir", "columns", "dataset_label", "require_transcript", "model", "engine", "prompts_sha256",
+         "max_new_tokens", "temperature", "top_p", "seed", "asr_model", "metadata_sha256"]
+    )  # fmt: skip
+    assert settings["source"] == {
+        "dataset": None, "config": None, "split": "train", "load_from_disk": None, "metadata": str(metadata)
+    }  # fmt: skip
+    truncated = parse_args(["--dataset", "d", "--model", "m", "--output-dir", "o", "--keep-truncated-answers"])
+    assert truncated.settings(SourceColumns())["keep_truncated_answers"] is True
 
 
 def test_asr_fills_missing_transcripts_without_cutting_long_clips(generator, real_whisper_dir, tmp_path):
@@ -551,7 +570,7 @@ def clip_dir(tmp_path) -> Path:
 def cli_error(argv: list[str], capsys) -> tuple[int, str]:
     """build_dataset.py's exit code and last stderr line (argparse's usage lines come before its error line)."""
     try:
-        code = build_dataset_main(argv)
+        code = build_main(argv)
     except SystemExit as exit_info:
         code = exit_info.code
     err = capsys.readouterr().err
@@ -607,7 +626,7 @@ def test_user_errors_are_one_line_naming_flag_file_or_line(case, clip_dir, tmp_p
 def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="--merge-only"):
-        build_dataset_main(["--output-dir", str(tmp_path / "empty"), "--merge-only", "--debug"])
+        build_main(["--output-dir", str(tmp_path / "empty"), "--merge-only", "--debug"])
 
 
 def test_clip_over_the_processors_limit_is_skipped_and_counted(clip_dir, tmp_path):
@@ -622,28 +641,26 @@ def test_clip_over_the_processors_limit_is_skipped_and_counted(clip_dir, tmp_pat
 def test_resume_after_the_metadata_file_changed_is_refused(clip_dir, tmp_path):
     from desta_audio.data.store import check_build_settings
 
-    builder = build_dataset_module()
     metadata = write_jsonl(tmp_path / "meta.jsonl", [{"file": "c0.wav", "text": "a"}])
     out = tmp_path / "out"
-    args = builder.parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(out)])
+    args = parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(out)])
     columns = SourceColumns(audio="file", transcript="text")
-    check_build_settings(out, builder.build_settings(args, columns))
-    check_build_settings(out, builder.build_settings(args, columns))  # unchanged: resumes
+    check_build_settings(out, args.settings(columns))
+    check_build_settings(out, args.settings(columns))  # unchanged: resumes
     write_jsonl(metadata, [{"file": "c0.wav", "text": "b"}])
     with pytest.raises(ValueError, match=r"built with other settings .*'metadata_sha256'.*--force"):
-        check_build_settings(out, builder.build_settings(args, columns))
+        check_build_settings(out, args.settings(columns))
 
 
 def test_folder_built_before_the_metadata_fingerprint_still_resumes(tmp_path, caplog):
     from desta_audio.data.store import check_build_settings
 
-    builder = build_dataset_module()
     metadata = write_jsonl(tmp_path / "meta.jsonl", [{"file": "c0.wav"}])
     out = tmp_path / "out"
-    args = builder.parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(out)])
-    settings = builder.build_settings(args, SourceColumns())
+    args = parse_args(["--metadata", str(metadata), "--model", "m", "--output-dir", str(out)])
+    settings = args.settings(SourceColumns())
     del settings["metadata_sha256"]
     check_build_settings(out, settings)
     with caplog.at_level(logging.WARNING):
-        check_build_settings(out, builder.build_settings(args, SourceColumns()))
+        check_build_settings(out, args.settings(SourceColumns()))
     assert any("metadata" in r.getMessage() for r in caplog.records)

@@ -23,6 +23,7 @@ import soundfile
 import torch
 
 from desta_audio import testing as tiny_assets
+from desta_audio.data.arguments import make_generator, parse_args
 from desta_audio.data.builder import BuildOptions, build
 from desta_audio.data.descriptions import generation_messages, load_instructions
 from desta_audio.data.engines import TransformersGenerator, VLLMGenerator, render_prompt
@@ -497,10 +498,7 @@ def test_a_dripping_server_is_cut_at_the_request_timeout_and_retried(scripted_se
 
 
 def test_request_timeout_flag_reaches_the_engine():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import build_dataset
-
-    args = build_dataset.parse_args(
+    args = parse_args(
         [
             "--engine",
             "openai",
@@ -518,4 +516,4 @@ def test_request_timeout_flag_reaches_the_engine():
             "out",
         ]
     )
-    assert build_dataset.make_generator(args).timeout_s == 7.0
+    assert make_generator(args).timeout_s == 7.0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from desta_audio import testing as tiny_assets
+from desta_audio.data import build_main
 
 # Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -27,15 +28,6 @@ SUBPROCESS_ENV = {
 }
 CLIPS = {"hello.wav": ("hello world", "speech"), "door.wav": ("please open the door", "speech")}
 TONES = {"beep.wav": 440.0, "hum.wav": 120.0}
-
-
-def build_dataset_main(argv: list[str]) -> int:
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        import build_dataset
-    finally:
-        sys.path.remove(str(REPO_ROOT))
-    return build_dataset.main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +102,7 @@ def test_readme_flow_builds_then_trains_with_no_path_flags(kind, clips, llm_dir,
     out = tmp_path / "built"
     argv = [*source_args, "--model", str(llm_dir), "--device", "cpu", "--max-new-tokens", "6", "--batch-size", "4",
             "--output-dir", str(out)]  # fmt: skip
-    assert build_dataset_main(argv) == 0
+    assert build_main(argv) == 0
     built = datasets.load_from_disk(str(out / "dataset"))
     assert len(built) == len(CLIPS) + len(TONES)
     assert built.features["audio"] == datasets.Audio(sampling_rate=16000)

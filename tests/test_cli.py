@@ -69,3 +69,34 @@ def test_debug_and_verbose_show_the_traceback(audio_dir, tmp_path, monkeypatch):
             main(["chat", clip, "--model", "./missing_dir", flag])
     with pytest.raises(FileNotFoundError, match="no such folder"):
         main(["convert", "--checkpoint", "./missing", "--output", str(tmp_path / "out"), "--debug"])
+
+
+def test_build_subcommand_is_build_dataset_py(llm_dir, audio_dir, tmp_path, capsys):
+    """`desta-audio build` and `python build_dataset.py` are one library with one set of arguments: the same flags
+    write the same records, and the subcommand's --help lists the script's flags."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "meta.jsonl").write_text("".join(json.dumps({"file": n}) + "\n" for n in ("tone.wav", "noise.wav")))
+    common = ["--audio-dir", str(audio_dir), "--metadata", str(tmp_path / "meta.jsonl"), "--audio-column", "file"]
+    common += ["--model", str(llm_dir), "--max-new-tokens", "3", "--device", "cpu"]
+    assert main(["build", *common, "--output-dir", str(tmp_path / "subcommand")]) == 0
+    script = subprocess.run(
+        [sys.executable, "build_dataset.py", *common, "--output-dir", str(tmp_path / "script")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert script.returncode == 0, script.stderr[-2000:]
+
+    def records(folder):
+        rows = [json.loads(line) for path in sorted((folder / "records").glob("*.jsonl")) for line in path.open()]
+        return sorted((r["id"], r["seed_description"], r["prompt"], r["response"]) for r in rows)
+
+    assert records(tmp_path / "subcommand") == records(tmp_path / "script") and len(records(tmp_path / "script")) == 2
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    shown = capsys.readouterr().out
+    assert all(flag in shown for flag in ("--audio-dir", "--asr-model", "--request-timeout", "--num-shards", "--debug"))

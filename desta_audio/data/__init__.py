@@ -1,6 +1,8 @@
 """The self-generated dataset of the DeSTA recipe: seed descriptions, sources, engines (transformers, vLLM, any
-OpenAI-compatible server), the JSONL store, the build."""
+OpenAI-compatible server), the JSONL store, the build, and `build_dataset.py`'s arguments and run (`arguments`)."""
 
+from .arguments import BuildArguments
+from .arguments import main as build_main
 from .builder import BuildOptions, BuildSummary, build, log_summary
 from .descriptions import load_instructions, seed_description
 from .engines import ResponseGenerator, TransformersGenerator, VLLMGenerator, WhisperTranscriber
@@ -9,6 +11,7 @@ from .sources import SourceColumns, dataset_source, folder_source
 from .store import BuildLockedError, merge_records
 
 __all__ = [
+    "BuildArguments",
     "BuildOptions",
     "BuildSummary",
     "EngineError",
@@ -19,6 +22,7 @@ __all__ = [
     "VLLMGenerator",
     "WhisperTranscriber",
     "build",
+    "build_main",
     "dataset_source",
     "folder_source",
     "load_instructions",
