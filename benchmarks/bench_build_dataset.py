@@ -32,12 +32,12 @@ import soundfile
 import torch
 
 from desta_audio import testing as tiny_assets
-from desta_audio.common import chunks
 from desta_audio.data.builder import BuildOptions, build
 from desta_audio.data.descriptions import generation_messages, load_instructions, pick_instruction, seed_description
 from desta_audio.data.engines import TransformersGenerator, render_prompt
 from desta_audio.data.engines_openai import OpenAIGenerator
 from desta_audio.data.sources import SourceColumns, folder_source
+from desta_audio.runtime import chunks
 
 HIDDEN, LAYERS = 256, 4
 

@@ -27,7 +27,6 @@ from modeling_desta.release_desta import RELEASE_REPO_ID, fetch_component
 from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
 from . import evaluation as ev
-from .common import DTYPES, AnswerStream, load_pipeline, resolve_device
 from .data.arguments import BuildArguments, add_build_arguments
 from .data.arguments import run as run_dataset_build
 from .demo import add_demo_arguments, run_demo
@@ -35,6 +34,7 @@ from .errors import report_errors
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
+from .runtime import DTYPES, AnswerStream, load_pipeline, resolve_device
 
 # The authors' release: it loads as it is (its connector, on the LLM and Whisper it names), no conversion step.
 DEFAULT_MODEL_ID = RELEASE_REPO_ID

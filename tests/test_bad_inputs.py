@@ -495,7 +495,7 @@ def test_reference_format_keeps_locators_but_not_typed_specials(tiny_parts, audi
 # ----------------------------------------------------------------------------- pipeline
 @pytest.fixture(scope="module")
 def pipe(tiny_parts):
-    from desta_audio.common import load_pipeline
+    from desta_audio.runtime import load_pipeline
 
     model, processor = tiny_parts
     return load_pipeline(model, processor, device="cpu")

@@ -12,7 +12,6 @@ import torch
 
 from desta_audio import testing as tiny_assets
 from desta_audio.cli import main
-from desta_audio.common import load_pipeline
 from desta_audio.evaluation.benchmark import PREDICTIONS_FILE, evaluate_benchmark, run_benchmark
 from desta_audio.evaluation.data import (
     MMAU_SYSTEM_PROMPT,
@@ -48,6 +47,7 @@ from desta_audio.evaluation.smoke_qa import (
     make_smoke_qa,
     smoke_questions,
 )
+from desta_audio.runtime import load_pipeline
 from modeling_desta import DestaForConditionalGeneration
 
 PEOPLE = ["Man", "Woman", "Child", "Robot"]

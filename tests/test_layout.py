@@ -145,3 +145,21 @@ def test_one_model_card_template_shipped_with_the_package():
     from desta_audio.hub.card import MODEL_CARD_TEMPLATE
 
     assert MODEL_CARD_TEMPLATE.read_text() == (REPO_ROOT / "model_card.md").read_text()
+
+
+def test_scoring_saved_predictions_loads_neither_torch_nor_the_pipeline():
+    """Re-scoring is plain Python: `desta_audio.evaluation.scoring` (and the shared `files`) import no torch, no
+    transformers and no remote-code set, so `--rescore` runs anywhere."""
+    script = (
+        "import sys\nimport desta_audio.evaluation.scoring\n"
+        "heavy = [m for m in ('torch', 'transformers', 'processing', 'modeling_desta') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+def test_no_library_file_is_named_for_nothing():
+    vague = {"common.py", "setup.py", "utils.py", "helpers.py", "misc.py"}
+    named = [str(path.relative_to(REPO_ROOT)) for package in ALLOWED_IMPORTS for path in python_files(package)]
+    assert not [name for name in named if Path(name).name in vague], named

@@ -19,7 +19,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..common import JsonlWriter, chunks, write_json_atomic
+from ..files import JsonlWriter, write_json_atomic
+from ..runtime import chunks
 from .descriptions import generation_messages, pick_instruction, row_random
 from .engines import ResponseGenerator, WhisperTranscriber
 from .engines_openai import RejectedAnswer

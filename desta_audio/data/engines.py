@@ -21,7 +21,7 @@ from modeling_desta.transcription_desta import transcribe_clips
 from processing.audio_io import TARGET_SAMPLING_RATE
 from processing.processing_desta import split_windows
 
-from ..common import chunks, resolve_device
+from ..runtime import chunks, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from processing import DestaProcessor
 from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError, load_audio
 
-from ..common import load_dataset_from, select_split
+from ..dataset_loading import load_dataset_from, select_split
 from .descriptions import Segment, format_value, parse_segments, seed_description, training_messages
 
 logger = logging.getLogger(__name__)

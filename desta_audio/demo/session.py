@@ -20,7 +20,7 @@ from modeling_desta.release_desta import RELEASE_REPO_ID
 from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError
 from processing.audio_sources import AudioSourcePolicy
 
-from ..common import AnswerStream, load_pipeline
+from ..runtime import AnswerStream, load_pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -1,26 +1,42 @@
 """Evaluation: audio QA benchmarks (MMAU-style multiple choice, open answers, ASR), scoring, knowledge retention."""
 
-from .benchmark import BENCHMARK_MAX_NEW_TOKENS, evaluate_benchmark, run_benchmark
-from .data import BenchmarkColumns, EvalItem, build_conversation, build_items, load_records, mcq_question
-from .retention import (
-    RETENTION_MAX_NEW_TOKENS,
-    knowledge_retention,
-    load_model_and_tokenizer,
-    load_retention_prompts,
-    rebuild_base_llm,
-    retention_markdown,
-    write_retention,
-)
-from .scoring import (
-    mmau_string_match,
-    open_answer_match,
-    read_predictions,
-    rescore,
-    results_markdown,
-    score_predictions,
-    strip_answer_prefix,
-    word_error_rate,
-)
+import importlib
+
+# Names are imported on first use (PEP 562), so that scoring saved predictions (`scoring`, plain Python) loads neither
+# torch nor the pipeline that running a benchmark needs.
+_EXPORTS = {
+    "BENCHMARK_MAX_NEW_TOKENS": "benchmark",
+    "BenchmarkColumns": "data",
+    "EvalItem": "data",
+    "RETENTION_MAX_NEW_TOKENS": "retention",
+    "build_conversation": "data",
+    "build_items": "data",
+    "evaluate_benchmark": "benchmark",
+    "knowledge_retention": "retention",
+    "load_model_and_tokenizer": "retention",
+    "load_records": "data",
+    "load_retention_prompts": "retention",
+    "mcq_question": "data",
+    "mmau_string_match": "scoring",
+    "open_answer_match": "scoring",
+    "read_predictions": "scoring",
+    "rebuild_base_llm": "retention",
+    "rescore": "scoring",
+    "results_markdown": "scoring",
+    "retention_markdown": "retention",
+    "run_benchmark": "benchmark",
+    "score_predictions": "scoring",
+    "strip_answer_prefix": "scoring",
+    "word_error_rate": "scoring",
+    "write_retention": "retention",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BENCHMARK_MAX_NEW_TOKENS",

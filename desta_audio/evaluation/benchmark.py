@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..common import JsonlWriter, chunks, load_pipeline, write_jsonl_atomic
+from ..files import JsonlWriter, write_jsonl_atomic
+from ..runtime import chunks, load_pipeline
 from .data import (
     BenchmarkColumns,
     EvalItem,

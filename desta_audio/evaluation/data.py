@@ -15,7 +15,7 @@ from typing import Any
 
 from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
-from ..common import load_dataset_from, resolve_audio_path, select_split
+from ..dataset_loading import load_dataset_from, resolve_audio_path, select_split
 from .scoring import strip_answer_prefix
 
 logger = logging.getLogger(__name__)

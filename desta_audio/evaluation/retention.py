@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..common import chunks, resolve_device
+from ..runtime import chunks, resolve_device
 from .scoring import write_report
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..common import read_jsonl
+from ..files import read_jsonl
 
 logger = logging.getLogger(__name__)
 

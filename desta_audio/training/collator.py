@@ -32,7 +32,7 @@ import torch
 from processing.audio_io import AUDIO_SOURCE_KEYS, audio_source
 from processing.processing_desta import REFERENCE_AUDIO_LOCATOR, DestaProcessor
 
-from ..common import resolve_audio_path
+from ..dataset_loading import resolve_audio_path
 
 logger = logging.getLogger(__name__)
 

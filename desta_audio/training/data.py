@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..common import jsonl_dataset, load_dataset_from
+from ..dataset_loading import jsonl_dataset, load_dataset_from
 from .arguments import DestaScriptArguments
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from transformers import set_seed
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
 
-from ..common import resolve_dtype
+from ..runtime import resolve_dtype
 from .arguments import DestaScriptArguments
 
 logger = logging.getLogger(__name__)
