@@ -19,6 +19,11 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import cached_file
 
+
+class ReleaseFormatError(ValueError):
+    """A checkpoint in the release format that this package cannot read: the message names the field, key or token."""
+
+
 RELEASE_MODEL_TYPE = "desta25"
 RELEASE_REPO_ID = "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"
 RELEASE_CONFIG_FILE = "config.json"
@@ -104,17 +109,17 @@ def check_release_config(config: dict, source: str) -> dict:
     """The release's config, after checking it describes a connector this package reproduces."""
     missing = [field for field in REQUIRED_REFERENCE_FIELDS if config.get(field) in (None, "")]
     if missing:
-        raise ValueError(f"{source}/config.json lacks {missing}; is this a DeSTA2.5-Audio checkpoint?")
+        raise ReleaseFormatError(f"{source}/config.json lacks {missing}; is this a DeSTA2.5-Audio checkpoint?")
     mode = config.get("connector_mode", SUPPORTED_CONNECTOR_MODE)
     if mode != SUPPORTED_CONNECTOR_MODE:
-        raise ValueError(f"connector_mode={mode!r} is not supported; only {SUPPORTED_CONNECTOR_MODE!r} exists.")
+        raise ReleaseFormatError(f"connector_mode={mode!r} is not supported; only {SUPPORTED_CONNECTOR_MODE!r} exists.")
     if config.get("use_lora"):
-        raise ValueError(
+        raise ReleaseFormatError(
             "use_lora=true: LoRA weights on the LLM have no place here; only connector-only checkpoints load."
         )
     if config["audio_locator"] != REFERENCE_AUDIO_LOCATOR:
         # DestaProcessor reads reference-format messages by this locator; another one would go unrecognised.
-        raise ValueError(
+        raise ReleaseFormatError(
             f"audio_locator={config['audio_locator']!r} is not {REFERENCE_AUDIO_LOCATOR!r}, the one DestaProcessor "
             "reads."
         )
@@ -155,7 +160,7 @@ def map_connector_state_dict(reference_state: dict[str, torch.Tensor], target_sh
     errors += [f"missing from checkpoint: {key}" for key in missing]
     errors += [f"shape mismatch: {line}" for line in mismatched]
     if errors:
-        raise ValueError("The checkpoint does not match the connector:\n- " + "\n- ".join(errors))
+        raise ReleaseFormatError("The checkpoint does not match the connector:\n- " + "\n- ".join(errors))
     return mapped
 
 
@@ -196,7 +201,7 @@ def fetch_release_tokenizer(path_or_repo, release: dict | None, revision: str | 
     tokenizer = fetch_component(AutoTokenizer.from_pretrained, llm_id, "LLM (llm_model_id)", source, **fetch)
     placeholder = release["placeholder_token"]
     if placeholder not in tokenizer.get_vocab():
-        raise ValueError(
+        raise ReleaseFormatError(
             f"placeholder_token {placeholder!r} is not in the tokenizer of {llm_id}; the reference requires an "
             "existing token, so this checkpoint does not belong to that LLM."
         )

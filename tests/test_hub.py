@@ -20,9 +20,10 @@ from transformers import BertConfig, WhisperFeatureExtractor, WhisperForConditio
 from transformers.models.bert.modeling_bert import BertEncoder
 
 from desta_audio.cli import main as cli_main
+from desta_audio.hub import ReleaseFormatError
 from desta_audio.hub import publishing as publish_module
 from desta_audio.hub.card import check_model_card, render_model_card
-from desta_audio.hub.convert import RELEASE_FACTS, ConversionError, convert
+from desta_audio.hub.convert import RELEASE_FACTS, convert
 from desta_audio.hub.publishing import PublishError, check_folder, publish, upload_file_list, verify_loads
 from modeling_desta import DestaConfig, DestaForConditionalGeneration
 
@@ -247,7 +248,7 @@ def edit_checkpoint(reference_dir: Path, target: Path, edit) -> Path:
 )
 def test_key_mismatch_fails_naming_the_key(tmp_path, reference_dir, edit, named):
     broken = edit_checkpoint(reference_dir, tmp_path / "broken", edit)
-    with pytest.raises(ConversionError, match=re.escape(named)):
+    with pytest.raises(ReleaseFormatError, match=re.escape(named)):
         convert(broken, tmp_path / "out", dtype=torch.float32)
     assert not (tmp_path / "out").exists()
 

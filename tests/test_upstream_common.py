@@ -207,7 +207,9 @@ class DestaProcessorCommonTest(ProcessorTesterMixin, unittest.TestCase):
     @staticmethod
     def prepare_processor_dict():
         # The audio token `from_components` picks for a Llama 3 tokenizer (as `DestaProcessor()` does), so that the mixin's `processor_class(**components, **prepare_processor_dict())` builds the same processor.
-        return {"num_audio_queries": 8, "audio_token": AUDIO_TOKEN}
+        # No default system prompt: the mixin's template tests render chats exactly as given (DeSTA's checkpoints
+        # put the reference's system prompt first; that is tested in tests/test_pipeline.py).
+        return {"num_audio_queries": 8, "audio_token": AUDIO_TOKEN, "default_system_prompt": None}
 
     @classmethod
     def _setup_from_components(cls):

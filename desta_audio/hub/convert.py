@@ -60,11 +60,6 @@ RELEASE_FACTS = {
 }
 
 
-# A checkpoint that does not convert raises this, the message naming what is wrong (keys, fields); the release
-# reader raises plain ValueErrors (see `modeling_desta/release_desta.py`), so the name stays for callers.
-ConversionError = ValueError
-
-
 def convert(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
