@@ -13,6 +13,11 @@ from .files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
+# How a `build_dataset.py` output folder is laid out: JSONL shards as they are generated, then the merged dataset.
+# Read here, written by `desta_audio.data.store` (which imports these, so the arrow points down).
+BUILD_RECORDS_SUBDIR = "records"
+BUILD_DATASET_SUBDIR = "dataset"
+
 SAVED_DATASET_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
 
 
@@ -25,9 +30,6 @@ def load_dataset_from(name_or_dir: str | os.PathLike, config: str | None = None,
     """A `datasets` dataset from wherever it is: a `save_to_disk` folder, a `build_dataset.py` output folder
     (its saved `dataset/`, else its `records/*.jsonl` shards), any local data folder, or a Hub id."""
     import datasets
-
-    # The builder owns its folder layout; imported here because the builder's package loads data with this module.
-    from .data.store import BUILD_DATASET_SUBDIR, BUILD_RECORDS_SUBDIR
 
     folder = Path(name_or_dir)
     if folder.is_dir():

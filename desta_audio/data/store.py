@@ -25,17 +25,13 @@ import numpy as np
 
 from processing.audio_io import TARGET_SAMPLING_RATE
 
+from ..dataset_loading import BUILD_DATASET_SUBDIR, BUILD_RECORDS_SUBDIR
 from ..files import read_jsonl, write_json_atomic
 from .descriptions import record_features
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "build_settings.json"
-
-
-# The folder layout of a `build_dataset.py` output folder: JSONL shards as they are generated, the merged dataset.
-BUILD_RECORDS_SUBDIR = "records"
-BUILD_DATASET_SUBDIR = "dataset"
 
 
 class BuildLockedError(RuntimeError):
