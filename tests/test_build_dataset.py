@@ -318,6 +318,7 @@ runpy.run_path("build_dataset.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_losing_or_repeating_rows(corpus, generator, llm_dir, tmp_path):
     out = tmp_path / "out"
     args = [

@@ -71,6 +71,7 @@ def test_debug_and_verbose_show_the_traceback(audio_dir, tmp_path, monkeypatch):
         main(["convert", "--checkpoint", "./missing", "--output", str(tmp_path / "out"), "--debug"])
 
 
+@pytest.mark.slow
 def test_build_subcommand_is_build_dataset_py(llm_dir, audio_dir, tmp_path, capsys):
     """`desta-audio build` and `python build_dataset.py` are one library with one set of arguments: the same flags
     write the same records, and the subcommand's --help lists the script's flags."""

@@ -218,6 +218,7 @@ def test_generator_reproduces_committed_answers(smoke_dir, tmp_path):
         assert (tmp_path / f"{clip}.wav").read_bytes() == (smoke_dir / AUDIO_FOLDER / f"{clip}.wav").read_bytes()
 
 
+@pytest.mark.slow
 def test_smoke_set_end_to_end_and_rescore(saved_model_dir, smoke_dir, tmp_path, capsys):
     out = tmp_path / "run"
     command = [

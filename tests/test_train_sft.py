@@ -446,6 +446,7 @@ def classify(model, processor, path: Path) -> str:
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_connector_learns_what_the_audio_is_and_nothing_frozen_moves(describing_llm_dir, real_whisper_dir, sound_kinds):
     """The answer depends on the audio only (same text, no transcript); training must find it in the sound."""
     import datasets
@@ -651,6 +652,7 @@ def ddp_run(tmp_path_factory, llm_dir, whisper_dir, audio_dir) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_training_saves(ddp_run):
     state = json.loads((ddp_run / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
@@ -681,6 +683,7 @@ BLOCK_PROJECT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trained_folder_loads_with_remote_code_alone_and_generates(ddp_run, audio_dir, tmp_path):
     script = BLOCK_PROJECT + textwrap.dedent(
         f"""
@@ -779,12 +782,14 @@ def script_error_cases(tmp_path: Path, llm_dir: Path, whisper_dir: Path, audio_d
 SCRIPT_ERROR_CASES = ["output dir holds a model", "no dataset", "bad record", "corrupt checkpoint"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SCRIPT_ERROR_CASES)
 def test_script_user_errors_are_one_line_without_traceback(case, llm_dir, whisper_dir, audio_dir, tmp_path):
     args, needles = script_error_cases(tmp_path, llm_dir, whisper_dir, audio_dir)[case]
     assert_one_line_error(run_script(args, cwd=tmp_path), *needles)
 
 
+@pytest.mark.slow
 def test_script_debug_shows_the_traceback(llm_dir, whisper_dir, tmp_path):
     args = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), *CPU_TRAINING, "--output_dir", str(tmp_path / "o")]
     result = run_script([*args, "--debug"], cwd=tmp_path)
@@ -807,12 +812,14 @@ def test_precision_default_follows_the_device_and_is_logged(tmp_path, caplog):
     assert DestaSFTConfig(output_dir=str(tmp_path), report_to="none", fp16=True, use_cpu=True).bf16 is False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(is_torch_bf16_gpu_available(), reason="this GPU supports bf16")
 def test_explicit_bf16_without_support_is_one_line(llm_dir, whisper_dir, tmp_path):
     args = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), "--output_dir", str(tmp_path / "o"), "--bf16", "true"]
     assert_one_line_error(run_script(args, cwd=tmp_path), "--bf16 true", "--bf16 false")
 
 
+@pytest.mark.slow
 def test_script_on_cpu_without_precision_flags_picks_float32(llm_dir, whisper_dir, tmp_path):
     """TRL's default bf16=True used to end here in "Your setup doesn't support bf16/gpu"; now the run goes on (to the
     next error, no dataset) after logging the precision it chose."""
