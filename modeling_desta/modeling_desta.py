@@ -93,41 +93,8 @@ class DestaModel(DestaPreTrainedModel):
     def encode_audio(
         self, input_features: torch.Tensor, output_last_hidden_state: bool = False
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Run the Whisper encoder once: the tapped states (pre-final-LN) of `audio_layer_ids` and the last state.
-
-        Layers past the deepest tap are skipped unless `output_last_hidden_state` asks for every layer (what
-        Whisper's decoder needs for ASR); both results then come from the same pass. The last state is Whisper's
-        own encoder output (final layer norm applied) whenever every layer ran, which the default taps (ending at
-        the last layer) always do; otherwise it is the deepest tap's output.
-        """
-        encoder = self.audio_encoder
-        expected_frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-        if input_features.ndim != 3 or input_features.shape[-1] != expected_frames:
-            raise ValueError(
-                f"input_features must have shape (num_windows, {encoder.config.num_mel_bins}, {expected_frames}) "
-                f"(one padded 30 s window per row), got {tuple(input_features.shape)}."
-            )
-        # A frozen encoder needs no graph, but `enable_input_require_grads` (run by activation checkpointing and
-        # PEFT) marks its conv output as requiring grad; without this, training would keep every encoder
-        # activation and backpropagate through all its layers for nothing.
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
-        with torch.set_grad_enabled(needs_grad):
-            input_features = input_features.to(encoder.conv1.weight.dtype)
-            hidden_states = F.gelu(encoder.conv1(input_features))
-            hidden_states = F.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
-            hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
-            hidden_states = F.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
-
-            tap_ids = self.config.audio_layer_ids
-            last_layer = len(encoder.layers) - 1 if output_last_hidden_state else tap_ids[-1]
-            taps = []
-            for index, layer in enumerate(encoder.layers[: last_layer + 1]):
-                hidden_states = layer(hidden_states, None)
-                if index in tap_ids:
-                    taps.append(hidden_states)
-            if last_layer == len(encoder.layers) - 1:
-                hidden_states = encoder.layer_norm(hidden_states)
-        return taps, hidden_states
+        """`encode_taps` on this model's Whisper encoder and `audio_layer_ids`."""
+        return encode_taps(self.audio_encoder, input_features, self.config.audio_layer_ids, output_last_hidden_state)
 
     @can_return_tuple
     def get_audio_features(
@@ -231,6 +198,45 @@ class DestaModel(DestaPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+def encode_taps(
+    encoder, input_features: torch.Tensor, tap_ids: list[int], output_last_hidden_state: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run the Whisper encoder once: the tapped states (pre-final-LN) of the layers `tap_ids` and the last state.
+
+    Shared by the model and the vLLM plugin's worker, so both compute the same taps.
+
+    Layers past the deepest tap are skipped unless `output_last_hidden_state` asks for every layer (what
+    Whisper's decoder needs for ASR); both results then come from the same pass. The last state is Whisper's
+    own encoder output (final layer norm applied) whenever every layer ran, which the default taps (ending at
+    the last layer) always do; otherwise it is the deepest tap's output.
+    """
+    expected_frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    if input_features.ndim != 3 or input_features.shape[-1] != expected_frames:
+        raise ValueError(
+            f"input_features must have shape (num_windows, {encoder.config.num_mel_bins}, {expected_frames}) "
+            f"(one padded 30 s window per row), got {tuple(input_features.shape)}."
+        )
+    # A frozen encoder needs no graph, but `enable_input_require_grads` (run by activation checkpointing and
+    # PEFT) marks its conv output as requiring grad; without this, training would keep every encoder
+    # activation and backpropagate through all its layers for nothing.
+    needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+    with torch.set_grad_enabled(needs_grad):
+        input_features = input_features.to(encoder.conv1.weight.dtype)
+        hidden_states = F.gelu(encoder.conv1(input_features))
+        hidden_states = F.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
+        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+        hidden_states = F.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
+        last_layer = len(encoder.layers) - 1 if output_last_hidden_state else tap_ids[-1]
+        taps = []
+        for index, layer in enumerate(encoder.layers[: last_layer + 1]):
+            hidden_states = layer(hidden_states, None)
+            if index in tap_ids:
+                taps.append(hidden_states)
+        if last_layer == len(encoder.layers) - 1:
+            hidden_states = encoder.layer_norm(hidden_states)
+    return taps, hidden_states
 
 
 @contextmanager
