@@ -399,7 +399,7 @@ class DestaProcessor(ProcessorMixin):
             position += len(part)
         return ids, spans
 
-    def _transcript_ids(self, transcript: str | None) -> list[int]:
+    def transcript_ids(self, transcript: str | None) -> list[int]:
         """A transcript's LLM ids, as inert as message text: special-token strings in it (a forged end of turn, the
         audio token) are tokenised as plain text."""
         if transcript is not None and not isinstance(transcript, str):
@@ -431,7 +431,7 @@ class DestaProcessor(ProcessorMixin):
                     "audio clips given."
                 )
             audio_ids = [token_id] * (self.num_audio_queries * window_counts[audio_index])
-            audio_ids += self._transcript_ids(transcripts[audio_index])
+            audio_ids += self.transcript_ids(transcripts[audio_index])
             expanded += audio_ids
             expanded_flags += [flag] * len(audio_ids)
             audio_index += 1
