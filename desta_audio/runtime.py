@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import Pipeline, TextIteratorStreamer, pipeline
 
+import modeling_desta  # noqa: F401  (registers the `desta` config and model with the Auto classes)
 from processing import DestaAudioTextToTextPipeline
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ same file (a link), as `release_desta.py` is, so both halves of the remote-code 
 import copy
 import dataclasses
 import functools
+import inspect
 
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -35,7 +36,17 @@ def accepts_cache_kwarg(forward):
             kwargs.setdefault("cache", kwargs.pop("past_key_values"))
         return forward(*args, **kwargs)
 
+    # `generate` checks the kwargs it is given (a prefilled `past_key_values=` among them) against the signature.
+    renamed.__signature__ = _with_keyword(inspect.signature(forward), "past_key_values")
     return renamed
+
+
+def _with_keyword(signature: inspect.Signature, name: str) -> inspect.Signature:
+    """`signature` with a keyword-only `name=None`, placed before any `**kwargs`."""
+    parameters = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+    parameters.insert(at, inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None))
+    return signature.replace(parameters=parameters)
 
 
 def output_cache(outputs):

@@ -180,6 +180,14 @@ class BuildArguments:
     tensor_parallel_size: int = field(
         default=1, metadata={"help": "--engine vllm: GPUs per model replica (default: 1)"}
     )
+    vllm_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "--engine vllm: more vllm.LLM arguments as a JSON object, e.g. "
+            '\'{"gpu_memory_utilization": 0.5, "max_model_len": 8192}\' (vLLM\'s CPU build needs a '
+            "gpu_memory_utilization that fits the machine's free memory)"
+        },
+    )
     no_prefix_cache: bool = field(
         default=False,
         metadata={
@@ -390,10 +398,24 @@ def make_generator(args: BuildArguments):
             **options,
         )
     if args.engine == "vllm":
-        return VLLMGenerator(args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size, **options)
+        engine_options = {"tensor_parallel_size": args.tensor_parallel_size, **vllm_engine_options(args.vllm_options)}
+        return VLLMGenerator(args.model, dtype=args.dtype, **engine_options, **options)
     return TransformersGenerator.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, reuse_prefix=not args.no_prefix_cache, **options
     )
+
+
+def vllm_engine_options(text: str | None) -> dict:
+    """`--vllm-options`: a JSON object of `vllm.LLM` arguments."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--vllm-options must be a JSON object: {error}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--vllm-options must be a JSON object of vllm.LLM arguments; got {text!r}")
+    return options
 
 
 def make_transcriber(args: BuildArguments) -> WhisperTranscriber | None:

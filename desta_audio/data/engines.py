@@ -161,7 +161,8 @@ class TransformersGenerator:
 class VLLMGenerator:
     """The same token ids through offline `vllm.LLM` (one GPU node; prefix caching on); give it large batches.
 
-    `engine_options` go to `vllm.LLM` as they are (e.g. `tensor_parallel_size=8`, `gpu_memory_utilization`).
+    `engine_options` go to `vllm.LLM` as they are (e.g. `tensor_parallel_size=8`, `gpu_memory_utilization`);
+    `llm` uses an engine already built instead (a notebook's, or one shared by several builds).
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class VLLMGenerator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         dtype: str = "auto",
+        llm=None,
         **engine_options,
     ):
         try:
@@ -188,7 +190,9 @@ class VLLMGenerator:
             generation_config = GenerationConfig.from_pretrained(name_or_path)
         except OSError:
             generation_config = GenerationConfig()
-        self.llm = vllm.LLM(model=str(name_or_path), dtype=dtype, enable_prefix_caching=True, **engine_options)
+        if llm is None:
+            llm = vllm.LLM(model=str(name_or_path), dtype=dtype, enable_prefix_caching=True, **engine_options)
+        self.llm = llm
         self.options = {
             "max_tokens": max_new_tokens,
             "temperature": temperature,
@@ -208,7 +212,9 @@ class VLLMGenerator:
             for c in conversations
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [output.outputs[0].text.strip() for output in outputs]
+        # Decoded here, with the tokenizer the other engines use: vLLM's incremental detokenizer ends a reply cut
+        # mid-character with U+FFFD where a whole-sequence decode does not, and rows must not depend on the engine.
+        return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True).strip() for o in outputs]
 
 
 class WhisperTranscriber:

@@ -19,6 +19,8 @@ from processing.chat_text import visible_text
 from .openai_content import desta_conversation
 from .server_policy import server_processor
 
+# What a request may set in `mm_processor_kwargs` (vLLM lets requests set any only with --trust-request-mm-kwargs).
+REQUEST_PROCESSOR_KWARGS = {"transcripts"}
 # Keys of `get_apply_chat_template_kwargs()` that are about vLLM's tokenisation, not template variables.
 NOT_TEMPLATE_VARIABLES = ("return_dict", "tokenize", "chat_template", "add_generation_prompt")
 
@@ -31,6 +33,11 @@ class DestaRenderer(HfRenderer):
     def render_messages(self, messages, params):
         processor = server_processor(self.model_config.model)
         processor_kwargs = dict(params.mm_processor_kwargs or {})
+        unknown = sorted(set(processor_kwargs) - REQUEST_PROCESSOR_KWARGS)
+        if unknown:
+            raise ValueError(
+                f"mm_processor_kwargs {unknown} are not DeSTA's; it takes {sorted(REQUEST_PROCESSOR_KWARGS)}."
+            )
         conversation = desta_conversation(messages, processor_kwargs.pop("transcripts", None))
         template_kwargs = params.get_apply_chat_template_kwargs()
         text, audio_items = processor.render_conversation(

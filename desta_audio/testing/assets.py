@@ -191,3 +191,22 @@ def sft_record(rid: str, audio, response: str, instruction: str = "What is it?",
     """A training record in the content-list form: system + user (audio item, text), the target in `response`."""
     audio_item = {"type": "audio", "path": audio, "transcript": transcript}
     return {"id": rid, "messages": audio_chat([audio_item], instruction, DEFAULT_SYSTEM_PROMPT), "response": response}
+
+
+def build_servable_checkpoint(save_dir: str | Path, whisper_dir: str | Path, num_audio_queries: int = 8) -> Path:
+    """A tiny DeSTA checkpoint that vLLM's CPU build can serve: a Llama with 32-dim attention heads (the smallest
+    vLLM's CPU attention takes) around the given Whisper, saved with its processor."""
+    from modeling_desta import DestaForConditionalGeneration
+    from processing import DestaProcessor
+
+    save_dir = Path(save_dir)
+    tokenizer = build_tokenizer(save_dir / "tokenizer")
+    build_llm(tokenizer, hidden_size=128, save_dir=save_dir / "llm")
+    processor = DestaProcessor.from_components(save_dir / "llm", whisper_dir, num_audio_queries=num_audio_queries)
+    model = DestaForConditionalGeneration.from_components(
+        save_dir / "llm", whisper_dir, processor=processor, qformer_num_hidden_layers=2, qformer_intermediate_size=256
+    )
+    checkpoint = save_dir / "checkpoint"
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    return checkpoint
