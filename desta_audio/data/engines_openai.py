@@ -118,6 +118,10 @@ class OpenAIGenerator:
 
     def _request(self, messages: list[dict[str, str]], seed: int) -> str:
         body = {"model": self.model, "messages": messages, "seed": seed, "stream": False, **self.options}
+        return completion_text(self.post_with_retries(body), self.url, self.keep_truncated)
+
+    def post_with_retries(self, body: dict) -> bytes:
+        """The response body of a successful POST of `body`, retrying transient failures (jittered backoff)."""
         for attempt in range(self.max_retries + 1):
             try:
                 status, headers, data = self._post(body)
@@ -125,7 +129,7 @@ class OpenAIGenerator:
                 problem, retry_after = f"{type(error).__name__}: {error}", None
             else:
                 if status == 200:
-                    return completion_text(data, self.url, self.keep_truncated)
+                    return data
                 if status not in RETRYABLE_STATUS:
                     raise EngineError(f"{self.url} answered HTTP {status}: {data[:500].decode(errors='replace')}")
                 problem, retry_after = f"HTTP {status}", headers.get("retry-after")

@@ -143,9 +143,13 @@ def evaluate_benchmark(
     limit: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    base_url: str | None = None,
     **run_kwargs,
 ) -> dict:
-    """Load the data and the model, then `run_benchmark`. Relative audio paths default to the data file's folder."""
+    """Load the data and the model, then `run_benchmark`. Relative audio paths default to the data file's folder.
+
+    With `base_url` (an OpenAI-compatible API root serving `model`, e.g. vLLM with this package's plugin) the items
+    are asked there instead of in this process (`ServedPipeline`)."""
     columns = columns or BenchmarkColumns()
     records = load_records(data_file, dataset, split, dataset_config)
     if limit is not None:
@@ -157,4 +161,18 @@ def evaluate_benchmark(
     items = build_items(records, columns, audio_root)
     fmt = detect_format(records[0], columns) if fmt == "auto" else fmt
     logger.info("%d %s items", len(items), fmt)
-    return run_benchmark(load_pipeline(model, processor, device, dtype), items, output_dir, fmt, **run_kwargs)
+    pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype)
+    return run_benchmark(pipe, items, output_dir, fmt, **run_kwargs)
+
+
+def served_pipeline(base_url: str, model: str):
+    """The served model, decoding answers with its tokenizer when `model` is a local folder that holds one."""
+    from ..data.engines_openai import DEFAULT_API_KEY_ENV
+    from ..serving.served_pipeline import ServedPipeline
+
+    tokenizer = None
+    if os.path.isfile(os.path.join(str(model), "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    return ServedPipeline(base_url, str(model), tokenizer=tokenizer, api_key=os.environ.get(DEFAULT_API_KEY_ENV))

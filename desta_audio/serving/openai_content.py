@@ -95,3 +95,48 @@ def _b64decode(data: str, where: str) -> bytes:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ContentError(f"{where} is not valid base64.") from None
+
+
+def openai_messages(conversation: list[dict]) -> tuple[list[dict], list]:
+    """A DeSTA chat as OpenAI messages (audio as `input_audio`, read here; URLs as `audio_url`), and the audio
+    items' transcripts in order (None: the server transcribes)."""
+    messages, transcripts = [], []
+    for message in conversation:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for item in content:
+                if item.get("type") == "audio":
+                    parts.append(_openai_audio_part(item))
+                    transcripts.append(item.get("transcript"))
+                else:
+                    parts.append(item)
+            message = {**message, "content": parts}
+        messages.append(message)
+    return messages, transcripts
+
+
+def _openai_audio_part(item: dict) -> dict:
+    if item.get("url"):
+        return {"type": "audio_url", "audio_url": {"url": item["url"]}}
+    data = item.get("audio")
+    if data is None and item.get("path") is not None:
+        with open(item["path"], "rb") as handle:
+            data = handle.read()
+    if data is None and item.get("array") is not None:
+        data = _wav_bytes(item["array"], item.get("sampling_rate", 16000))
+    if not isinstance(data, (bytes, bytearray)):
+        raise ContentError(f"An audio item needs a path, bytes, an array or a URL to send; got keys {sorted(item)}.")
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+
+
+def _wav_bytes(array, sampling_rate: int) -> bytes:
+    """A float array as 32-bit float WAV (lossless for the model's float32 input)."""
+    import io
+
+    import numpy as np
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.asarray(array, dtype=np.float32), int(sampling_rate), format="WAV", subtype="FLOAT")
+    return buffer.getvalue()

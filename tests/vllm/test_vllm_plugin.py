@@ -9,6 +9,7 @@ with 32-dim heads around the real Whisper tiny.en, so the plugin's own transcrip
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -267,3 +268,43 @@ def test_server_refuses_bad_input_with_400_and_keeps_serving(server, clips, audi
         assert fragment in response.json()["error"]["message"], (name, response.text)
     healthy = _post_chat(server, _openai_chat(clips["hello"]), mm_processor_kwargs={"transcripts": [""]})
     assert healthy.status_code == 200
+
+
+def test_eval_through_the_server_gives_the_in_process_predictions(server, checkpoint, audio_dir, tmp_path):
+    from desta_audio.evaluation.benchmark import evaluate_benchmark
+    from desta_audio.files import read_jsonl
+
+    rows = [
+        {
+            "id": "a",
+            "audio_path": str(audio_dir / "numbers.wav"),
+            "question": "Which?",
+            "choices": ["1", "2"],
+            "answer": "1",
+        },
+        {
+            "id": "b",
+            "audio_path": str(audio_dir / "tone.wav"),
+            "question": "What?",
+            "choices": ["tone", "speech"],
+            "answer": "tone",
+        },
+        {
+            "id": "c",
+            "audio_path": str(audio_dir / "hello.wav"),
+            "question": "Who?",
+            "choices": ["a", "b", "c"],
+            "answer": "b",
+        },
+    ]
+    data = tmp_path / "mini.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    options = {"data_file": data, "max_new_tokens": NEW_TOKENS}
+    local = evaluate_benchmark(checkpoint, tmp_path / "local", device="cpu", dtype="float32", **options)
+    served = evaluate_benchmark(checkpoint, tmp_path / "served", base_url=f"{server}/v1", **options)
+    assert served == local
+
+    def answers(folder):
+        return [(r["id"], r["model_output"]) for r in read_jsonl(tmp_path / folder / "predictions.jsonl")]
+
+    assert answers("served") == answers("local") and len(answers("local")) == 3
