@@ -13,7 +13,8 @@
    against `whisper.generate` on the same encoder states, milliseconds per decode step each, and how many windows got the
    same tokens from both.
 5. If vLLM is installed: the `vllm` engine of build_dataset.py on a small random Llama (rows/s, and how many
-   greedy rows match the in-process engine).
+   greedy rows match the in-process engine), and the real-size model above served by vLLM through this package's
+   plugin (bf16; 30 s clips with transcripts, `LLM.chat`): requests/s and generated tokens/s.
 
 `--tiny` (or GPU_CHECK_TINY=1) shrinks every config so the same code runs on a CPU in about a minute.
 """
@@ -21,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.util
 import json
 import os
@@ -288,6 +290,38 @@ def check_vllm(device: str) -> dict:
     }
 
 
+def check_vllm_serving(folder: str, new_tokens: int, requests: int = 32) -> dict:
+    """The saved real-size DeSTA through vLLM and the plugin: `requests` 30 s clips with transcripts, greedy."""
+    import io
+
+    import soundfile
+    from vllm import LLM, SamplingParams
+
+    def chat(seed: int) -> list[dict]:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, clip(seed), 16000, format="WAV", subtype="FLOAT")
+        audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(buffer.getvalue()).decode()}}
+        return [{"role": "user", "content": [audio, {"type": "text", "text": "Describe the audio."}]}]
+
+    started = time.perf_counter()
+    llm = LLM(model=folder, dtype="bfloat16", gpu_memory_utilization=0.45, max_model_len=4096, seed=0)
+    start_seconds = time.perf_counter() - started
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    transcripts = {"transcripts": [audio_item(0)["transcript"]]}
+    llm.chat([chat(i) for i in range(4)], params, use_tqdm=False, mm_processor_kwargs=transcripts)  # warm-up
+    chats = [chat(100 + i) for i in range(requests)]
+    started = time.perf_counter()
+    outputs = llm.chat(chats, params, use_tqdm=False, mm_processor_kwargs=transcripts)
+    seconds = time.perf_counter() - started
+    generated = sum(len(output.outputs[0].token_ids) for output in outputs)
+    return {
+        "part": f"vllm serving (real-size DeSTA, bf16, {requests} x 30 s clips)",
+        "engine_start_s": round(start_seconds, 1),
+        "requests_per_s": round(requests / seconds, 2),
+        "generated_tokens_per_s": round(generated / seconds, 1),
+    }
+
+
 def print_table(rows: list[dict]) -> None:
     keys = ["part"] + sorted({k for row in rows for k in row} - {"part"})
     print("| " + " | ".join(keys) + " |")
@@ -323,10 +357,17 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_asr(model, processor, args.device, args.batch_sizes)
     if "train" not in args.skip:
         rows.append(check_training_step(model, processor, args.device))
+    served = None
+    if "vllm" not in args.skip and importlib.util.find_spec("vllm") is not None:
+        served = tempfile.mkdtemp(prefix="gpu_check_desta_")
+        model.save_pretrained(served)
+        processor.save_pretrained(served)
     del model
     reset_peak(args.device)
     if "vllm" not in args.skip:
         rows.append(check_vllm(args.device))
+        if served is not None:
+            rows.append(check_vllm_serving(served, args.new_tokens))
     print_table(rows)
     print(json.dumps({"shapes": shapes, "results": rows}))
     return 0
