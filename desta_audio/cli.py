@@ -217,6 +217,15 @@ def stream_answer(pipe, conversation: list[dict], kwargs: dict) -> dict:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_eval_modes(parser)
+    add_eval_model_arguments(parser)
+    add_benchmark_data_arguments(parser)
+    add_retention_arguments(parser)
+    return parser
+
+
+def add_eval_modes(parser: argparse.ArgumentParser) -> None:
+    """The one required mode: a benchmark (from a file or a dataset), a re-score, or the retention check."""
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--data-file", help="benchmark records: JSON list (MMAU layout) or JSONL")
     mode.add_argument("--dataset", help="benchmark as a datasets Hub id or save_to_disk folder")
@@ -225,6 +234,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     mode.add_argument("--retention", action="store_true", help="knowledge-retention check against the base LLM")
 
+
+def add_eval_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, where results go, and how the model runs."""
     parser.add_argument("--model", help="Desta folder or Hub id (benchmark and retention modes)")
     parser.add_argument(
         "--output-dir", default=DEFAULT_EVAL_OUTPUT_DIR, help=f"where results go (default: {DEFAULT_EVAL_OUTPUT_DIR})"
@@ -240,6 +252,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
+
+def add_benchmark_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which records, their columns and their format (benchmark mode)."""
     data = parser.add_argument_group("benchmark data")
     data.add_argument("--split", default="test", help="dataset split (default: test)")
     data.add_argument("--dataset-config", default=None, help="dataset configuration name")
@@ -269,6 +284,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help=f"default: the reference's MMAU prompt for mcq, {DEFAULT_SYSTEM_PROMPT!r} otherwise",
     )
 
+
+def add_retention_arguments(parser: argparse.ArgumentParser) -> None:
+    """The base LLM and prompts of the knowledge-retention check."""
     retention = parser.add_argument_group("knowledge retention")
     retention.add_argument(
         "--base-llm", default=None, help="base LLM folder or Hub id (default: rebuilt from the model's own LLM weights)"
@@ -278,7 +296,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         help="prompts .txt (one per line) or .jsonl with prompt/reference (default: built-in)",
     )
-    return parser
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ and no weight is copied twice; only the connector gets new memory (fresh, or the
 import ast
 import functools
 import inspect
-import json
 import os
 import textwrap
 
@@ -341,43 +340,3 @@ def _generation_config_dict(generation_config: GenerationConfig) -> dict:
     config = generation_config.to_diff_dict()
     config.pop("transformers_version", None)
     return config
-
-
-AUDIO_TOWER_PREFIX = "model.audio_tower."
-
-
-def whisper_from_checkpoint(
-    path: str | os.PathLike, dtype: torch.dtype = torch.float32
-) -> WhisperForConditionalGeneration:
-    """The Whisper (encoder and decoder, with its own generation config) inside a saved DeSTA checkpoint, without
-    loading the LLM: what a process that only transcribes (vLLM's API server) needs. Reads only the
-    `model.audio_tower.*` tensors of the checkpoint's safetensors files."""
-    from safetensors import safe_open
-
-    config = DestaConfig.from_pretrained(path)
-    with torch.device("meta"):
-        whisper = WhisperForConditionalGeneration(config.audio_config)
-    state = {}
-    for shard in _safetensors_files(path):
-        with safe_open(shard, framework="pt") as tensors:
-            for name in tensors.keys():
-                if name.startswith(AUDIO_TOWER_PREFIX):
-                    state[name[len(AUDIO_TOWER_PREFIX) :]] = tensors.get_tensor(name).to(dtype)
-    if "proj_out.weight" not in state and "model.decoder.embed_tokens.weight" in state:
-        state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]  # tied in Whisper checkpoints
-    whisper.load_state_dict(state, strict=True, assign=True)
-    if config.asr_generation_config:
-        whisper.generation_config = GenerationConfig.from_dict(config.asr_generation_config)
-    return whisper.eval()
-
-
-def _safetensors_files(path) -> list[str]:
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as handle:
-            shards = sorted(set(json.load(handle)["weight_map"].values()))
-        return [os.path.join(path, shard) for shard in shards]
-    single = os.path.join(path, "model.safetensors")
-    if not os.path.isfile(single):
-        raise FileNotFoundError(f"{path} holds no model.safetensors (or index): save the model with save_pretrained.")
-    return [single]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from desta_audio import testing as tiny_assets  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# tests/vllm_serving needs vLLM's CPU build, which pins its own torch and transformers: `bash .ci/vllm test` runs it in the
+# venv `.ci/vllm install` builds (the README's test command and CI run both). Elsewhere it is not collected.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_serving"]
+
+
+def free_port() -> int:
+    """A port nobody listens on, so a stray run elsewhere cannot capture this run's server or rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +82,32 @@ def tiny_parts(llm_dir, whisper_dir):
         qformer_intermediate_size=128,
     ).eval()
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_parts):
+    """The audio-text-to-text pipeline on `tiny_parts`, on CPU."""
+    from desta_audio.runtime import load_pipeline
+
+    model, processor = tiny_parts
+    return load_pipeline(model, processor, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_whisper_model_dir(tmp_path_factory, llm_dir, real_whisper_dir) -> Path:
+    """A tiny-LLM DeSTA model whose audio tower is the real Whisper tiny.en, saved with its processor."""
+    from modeling_desta import DestaForConditionalGeneration
+    from processing import DestaProcessor
+
+    processor = DestaProcessor.from_components(llm_dir, real_whisper_dir, num_audio_queries=8)
+    assert processor.asr_tokenizer is not None
+    model = DestaForConditionalGeneration.from_components(
+        llm_dir, real_whisper_dir, processor=processor, qformer_num_hidden_layers=1, qformer_intermediate_size=64
+    )
+    path = tmp_path_factory.mktemp("real_whisper_model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -665,3 +665,111 @@ def test_folder_built_before_the_metadata_fingerprint_still_resumes(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         check_build_settings(out, args.settings(SourceColumns()))
     assert any("metadata" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- concurrent builds, changed settings, torn files
+
+
+@pytest.fixture(scope="module")
+def listed_tones(tmp_path_factory) -> Path:
+    """Four sox tones, listed in meta.jsonl (column `file`)."""
+    if not tiny_assets.tools_available():
+        pytest.skip("sox is required")
+    root = tmp_path_factory.mktemp("listed_tones")
+    for i in range(4):
+        tiny_assets.sox_synth(root / f"tone_{i}.wav", 1.0, freq=300 + 50 * i)
+    (root / "meta.jsonl").write_text("".join(json.dumps({"file": f"tone_{i}.wav"}) + "\n" for i in range(4)))
+    return root
+
+
+def echo_build_listed(clips: Path, out: Path, **options):
+    """`echo_build` over the clips that clips/meta.jsonl lists."""
+    source = folder_source(clips, clips / "meta.jsonl", "file", "toy")
+    options = BuildOptions(output_dir=out, instructions=load_instructions(), progress=False, **options)
+    return run_build(source, SourceColumns(audio="file"), EchoGenerator(), options)
+
+
+def hold_lock(path: Path, mode: str) -> subprocess.Popen:
+    """Another process holding a `flock` (LOCK_SH or LOCK_EX) on `path` until killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script = (
+        "import fcntl, sys, time\nh = open(sys.argv[1], 'a+')\n"
+        f"fcntl.flock(h, fcntl.{mode})\nprint('locked', flush=True)\ntime.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_build_refuses_to_resume_with_other_settings(listed_tones, tmp_path):
+    out = tmp_path / "out"
+    assert echo_build_listed(listed_tones, out, settings={"seed": 0, "model": "a"}).written == 4
+    with pytest.raises(ValueError, match=r"built with other settings .*'seed': \{'saved': 0, 'now': 1\}"):
+        echo_build_listed(listed_tones, out, seed=1, settings={"seed": 1, "model": "a"})
+    forced = echo_build_listed(listed_tones, out, seed=1, settings={"seed": 1, "model": "a"}, force=True)
+    assert forced.already_done == 4
+
+
+def test_second_process_on_the_same_shard_fails_clearly(listed_tones, tmp_path):
+    from desta_audio.data import BuildLockedError
+    from desta_audio.data.store import ShardLock
+
+    out = tmp_path / "out"
+    holder = hold_lock(ShardLock(out, 0, 1).path, "LOCK_EX")
+    try:
+        with pytest.raises(BuildLockedError, match=r"another process is building shard 0/1 into"):
+            echo_build_listed(listed_tones, out)
+        assert echo_build_listed(listed_tones, out, shard_index=1, num_shards=2).written == 2  # another shard is free
+    finally:
+        holder.kill()
+        holder.wait()
+    assert echo_build_listed(listed_tones, out).written == 2  # the lock died with its process
+
+
+def test_merge_keeps_the_old_dataset_until_the_new_one_is_saved(listed_tones, tmp_path, monkeypatch):
+    import datasets
+
+    out = tmp_path / "out"
+    echo_build_listed(listed_tones, out)
+    assert len(merge_records(out)) == 4
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        merge_records(out)
+    monkeypatch.undo()
+    assert len(datasets.load_from_disk(str(out / "dataset"))) == 4
+
+
+def test_corrupt_middle_line_names_file_and_line(listed_tones, tmp_path):
+    out = tmp_path / "out"
+    echo_build_listed(listed_tones, out)
+    shard = shard_file(out, 0, 1)
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text(lines[0] + "{garbage\n" + "".join(lines[1:]))
+    with pytest.raises(ValueError, match=rf"{shard}:2 is not valid JSON"):
+        echo_build_listed(listed_tones, out)
+
+
+def test_two_shard_layouts_cannot_build_one_folder_at_once(listed_tones, tmp_path):
+    """`--num-shards 1` running while `--num-shards 2 --shard-index 0` starts: both would generate the same rows."""
+    from desta_audio.data import BuildLockedError
+    from desta_audio.data.store import records_dir
+
+    out = tmp_path / "out"
+    holder = hold_lock(records_dir(out) / "layout-of-00001.lock", "LOCK_SH")  # a one-shard build is running
+    try:
+        with pytest.raises(BuildLockedError, match=r"with another shard layout \(layout-of-00001\).*--num-shards"):
+            echo_build_listed(listed_tones, out, shard_index=0, num_shards=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    same_layout = hold_lock(records_dir(out) / "layout-of-00002.lock", "LOCK_SH")  # shard 0/2 is running
+    try:
+        # Its sibling shard runs beside it.
+        assert echo_build_listed(listed_tones, out, shard_index=1, num_shards=2).written == 2
+    finally:
+        same_layout.kill()
+        same_layout.wait()

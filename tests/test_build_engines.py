@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import pytest
 import soundfile
 import torch
+from conftest import free_port
 
 from desta_audio import testing as tiny_assets
 from desta_audio.data.arguments import make_generator, parse_args
@@ -38,12 +38,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
 ROWS = 10
 COLUMNS = SourceColumns(audio="file", transcript="text", attributes=("gender",))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,66 @@
-"""`desta-audio` front-end plumbing that the pipeline tests do not reach."""
+"""The `desta-audio` command line (`desta_audio/cli.py`): chat's output and flags, the subcommands' one-line errors
+and exit codes, `--debug`, the demo command without Gradio, and `build` being build_dataset.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
+from transformers import pipeline
 
-from desta_audio.cli import main
+from desta_audio import testing as tiny_assets
+from desta_audio.cli import DEFAULT_MODEL_ID, build_parser, main
+from desta_audio.demo.ui import NEEDS_GRADIO
+
+SPOKEN = "please open the door"
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m desta_audio.cli ARGS` in a process of its own, as a shell user runs it."""
+    return subprocess.run([sys.executable, "-m", "desta_audio.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def spoken_clip(tmp_path):
+    if not tiny_assets.tools_available():
+        pytest.skip("espeak-ng and sox are required")
+    return tiny_assets.speak(tmp_path / "door.wav", SPOKEN)
+
+
+# ----------------------------------------------------------------------------- chat
+# The two subprocess tests are part of the short suite run on the oldest supported transformers too
+# (`pytest -m compat`), and slow (the real Whisper, a process of their own).
+@pytest.mark.compat
+@pytest.mark.slow
+def test_cli_answers_streams_and_reports_transcripts(real_whisper_model_dir, spoken_clip):
+    pipe = pipeline("audio-text-to-text", model=str(real_whisper_model_dir), trust_remote_code=True)
+    expected = pipe(str(spoken_clip), prompt="What is said?", max_new_tokens=4)
+    chat = ["chat", str(spoken_clip), "-p", "What is said?", "--model", str(real_whisper_model_dir)]
+    plain = run_cli(*chat, "--max-new-tokens", "4", "-v")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == expected["generated_text"] + "\n"
+    assert f"[transcript] {spoken_clip}: {expected['transcripts'][0]}" in plain.stderr
+    streamed = run_cli(*chat, "--max-new-tokens", "4", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.strip() == expected["generated_text"]
+
+
+@pytest.mark.compat
+@pytest.mark.slow
+def test_cli_missing_file_exits_nonzero_with_message(tmp_path):
+    result = run_cli("chat", str(tmp_path / "missing.wav"), "-p", "hi", "--model", str(tmp_path))
+    assert result.returncode == 2
+    assert "desta-audio: error: audio file not found" in result.stderr and "missing.wav" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.compat
+def test_cli_defaults_to_the_authors_release():
+    assert DEFAULT_MODEL_ID == "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"
 
 
 def test_chat_passes_device_and_dtype_by_name(saved_model_dir, audio_dir, capsys):
@@ -18,6 +72,7 @@ def test_chat_passes_device_and_dtype_by_name(saved_model_dir, audio_dir, capsys
     assert captured.out.endswith("\n") and captured.out.count("\n") == 1  # one answer line
 
 
+# ----------------------------------------------------------------------------- one-line errors
 def cli_error(args: list[str], capsys) -> tuple[int, str]:
     code = main(args)
     return code, capsys.readouterr().err.strip()
@@ -26,6 +81,22 @@ def cli_error(args: list[str], capsys) -> tuple[int, str]:
 def assert_one_line(code: int, err: str, *needles: str) -> None:
     assert code == 2 and err.startswith("desta-audio: error: ") and "\n" not in err, (code, err)
     assert all(needle in err for needle in needles), err
+
+
+def test_cli_errors_are_one_line(audio_dir, llm_dir, tmp_path, capsys):
+    clip = str(audio_dir / "tone.wav")
+    cases = [
+        (["chat", clip, "--model", str(tmp_path / "missing_dir")], "no such model folder"),
+        (["chat", clip, "--model", "missing_dir"], "--model missing_dir: no such model folder"),
+        (["chat", clip, "--model", str(llm_dir)], "this is a 'llama' model, not a DeSTA checkpoint"),
+        (["chat", str(tmp_path / "nope.wav")], "audio file not found"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["chat", clip, "--model", "org/model", "--device", "cuda"], "sees no CUDA GPU"))
+    for args, message in cases:
+        code, err = cli_error(args, capsys)
+        assert code != 0 and err.startswith("desta-audio: error: ") and message in err, (args, err)
+        assert "\n" not in err and "Traceback" not in err
 
 
 def test_missing_local_paths_are_not_taken_for_hub_ids(audio_dir, tmp_path, monkeypatch, capsys):
@@ -71,12 +142,19 @@ def test_debug_and_verbose_show_the_traceback(audio_dir, tmp_path, monkeypatch):
         main(["convert", "--checkpoint", "./missing", "--output", str(tmp_path / "out"), "--debug"])
 
 
+# ----------------------------------------------------------------------------- demo and build
+def test_demo_command_without_gradio_says_what_to_install(monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gradio" else real_find_spec(name))
+    args = build_parser().parse_args(["demo", "--model", "some/model"])
+    assert args.handler(args) == 2
+    assert capsys.readouterr().err == f"desta-audio: error: {NEEDS_GRADIO}\n"
+
+
 @pytest.mark.slow
 def test_build_subcommand_is_build_dataset_py(llm_dir, audio_dir, tmp_path, capsys):
     """`desta-audio build` and `python build_dataset.py` are one library with one set of arguments: the same flags
     write the same records, and the subcommand's --help lists the script's flags."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     (tmp_path / "meta.jsonl").write_text("".join(json.dumps({"file": n}) + "\n" for n in ("tone.wav", "noise.wav")))

@@ -1,7 +1,6 @@
 """The web demo's handlers, without a browser: streaming equals the pipeline, transcripts, multi-turn chats,
 each bad input's message, the model loader (progress, CPU notice, failure, the release format)."""
 
-import importlib.util
 import json
 
 import pytest
@@ -10,32 +9,17 @@ from test_hub import reference_state_dict, write_reference_checkpoint
 
 from desta_audio import demo
 from desta_audio import testing as tiny_assets
-from desta_audio.cli import build_parser
 from desta_audio.demo import Chat, DemoInputError, ModelLoader, add_user_turn, answer, generation_kwargs, load_clip
-from modeling_desta import DestaForConditionalGeneration
-from processing import DEFAULT_SYSTEM_PROMPT, DestaProcessor
+from processing import DEFAULT_SYSTEM_PROMPT
 
 SPOKEN = "please open the door"
 MAX_BYTES = 10 * 2**20
 GREEDY = generation_kwargs(max_new_tokens=12, temperature=0.0)
 
 
-@pytest.fixture(scope="session")
-def demo_model_dir(tmp_path_factory, llm_dir, real_whisper_dir):
-    """A tiny-LLM DeSTA model whose audio tower is the real Whisper tiny.en, saved with its processor."""
-    processor = DestaProcessor.from_components(llm_dir, real_whisper_dir, num_audio_queries=8)
-    model = DestaForConditionalGeneration.from_components(
-        llm_dir, real_whisper_dir, processor=processor, qformer_num_hidden_layers=1, qformer_intermediate_size=64
-    )
-    path = tmp_path_factory.mktemp("demo_model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def loader(demo_model_dir):
-    loader = ModelLoader(str(demo_model_dir), device="cpu").start()
+def loader(real_whisper_model_dir):
+    loader = ModelLoader(str(real_whisper_model_dir), device="cpu").start()
     assert loader.wait(timeout=300)
     assert loader.ready, loader.status()
     return loader
@@ -202,13 +186,14 @@ def test_file_over_the_size_limit_is_refused(pipe, clips):
 
 
 # ----------------------------------------------------------------------------- loading
-def test_loader_reports_progress_then_cpu(demo_model_dir):
-    loader = ModelLoader(str(demo_model_dir), device="cpu")
-    assert loader.status().startswith(f"**Loading** `{demo_model_dir}`: waiting to start")
+def test_loader_reports_progress_then_cpu(real_whisper_model_dir):
+    loader = ModelLoader(str(real_whisper_model_dir), device="cpu")
+    assert loader.status().startswith(f"**Loading** `{real_whisper_model_dir}`: waiting to start")
     loader.start()
     assert loader.wait(timeout=300)
     assert (
-        loader.status() == f"**Ready:** `{demo_model_dir}` on **cpu** (float32). Running on CPU: answers come slowly."
+        loader.status()
+        == f"**Ready:** `{real_whisper_model_dir}` on **cpu** (float32). Running on CPU: answers come slowly."
     )
 
 
@@ -235,14 +220,6 @@ def test_release_format_loads_as_it_is(tmp_path, llm_dir, whisper_dir):
     assert loader.pipe.model.config.model_type == "desta"
     expected = state["perception.connector.layer_weights"]
     assert torch.equal(loader.pipe.model.model.connector.layer_weights.detach().cpu(), expected)
-
-
-def test_demo_command_without_gradio_says_what_to_install(monkeypatch, capsys):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gradio" else real_find_spec(name))
-    args = build_parser().parse_args(["demo", "--model", "some/model"])
-    assert args.handler(args) == 2
-    assert capsys.readouterr().err == f"desta-audio: error: {demo.ui.NEEDS_GRADIO}\n"
 
 
 def test_answers_go_through_the_queue_one_at_a_time(loader):

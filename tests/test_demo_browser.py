@@ -5,10 +5,9 @@ page says what is missing), uploads a clip, asks, and the answer streams in besi
 """
 
 import shutil
-import socket
 
 import pytest
-from test_demo import demo_model_dir  # noqa: F401  (the tiny-LLM + real Whisper tiny.en model folder)
+from conftest import free_port
 from transformers import pipeline
 
 from desta_audio import demo
@@ -30,16 +29,10 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(demo_model_dir):  # noqa: F811
+def served(real_whisper_model_dir):
     port = free_port()
-    app = demo.launch(str(demo_model_dir), host="127.0.0.1", port=port, device="cpu", block=False)
+    app = demo.launch(str(real_whisper_model_dir), host="127.0.0.1", port=port, device="cpu", block=False)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
@@ -58,7 +51,7 @@ def browser():
     driver.quit()
 
 
-def test_upload_ask_and_watch_the_answer_stream_in(served, browser, tmp_path, demo_model_dir):  # noqa: F811
+def test_upload_ask_and_watch_the_answer_stream_in(served, browser, tmp_path, real_whisper_model_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -100,7 +93,7 @@ def test_upload_ask_and_watch_the_answer_stream_in(served, browser, tmp_path, de
 
     assert transcripts.get_attribute("value") == "open_the_door.wav: Please open the door."
     assert not text_of("#notice")
-    assert bot_messages() == [expected_answer(demo_model_dir)]
+    assert bot_messages() == [expected_answer(real_whisper_model_dir)]
     assert len(set(lengths)) >= 2, f"the answer did not arrive in pieces: lengths seen {lengths}"
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 

@@ -19,6 +19,7 @@ from desta_audio.evaluation.data import (
     EvalItem,
     build_conversation,
     build_items,
+    load_records,
     mcq_question,
 )
 from desta_audio.evaluation.retention import (
@@ -189,6 +190,40 @@ def test_mcq_prompt_is_the_reference_format(tiny_parts):
     assert audio == [{"type": "audio", "path": "clip.wav"}]  # no transcript given: Whisper transcribes
 
 
+# ----------------------------------------------------------------------------- benchmark data
+
+
+EVAL_DATA_CASES = [
+    (
+        "bad middle line",
+        ".jsonl",
+        '{"id": "a", "audio_id": "t.wav", "answer": "x"}\n{oops\n{"id": "c"}\n',
+        ":2 is not valid JSON",
+    ),
+    ("bad last line", ".jsonl", '{"id": "a", "audio_id": "t.wav", "answer": "x"}\n{"id": ', ":2 is not valid JSON"),
+    ("not an object", ".jsonl", "[1, 2]\n", ":1 holds a JSON list"),
+    ("bad JSON list", ".json", '[\n{"id": "a",\n}\n]', ":3 is not valid JSON"),
+    (
+        "choices a string",
+        ".json",
+        '[{"id": "q1", "audio_id": "t.wav", "answer": "apple", "choices": "apple"}]',
+        "'choices' must be a list of options; got 'apple'",
+    ),
+    ("no answer", ".json", '[{"id": "q1", "audio_id": "t.wav"}]', "Record 0 (id 'q1') has no 'answer' column"),
+]
+
+
+@pytest.mark.parametrize("case, suffix, text, message", EVAL_DATA_CASES, ids=[c[0] for c in EVAL_DATA_CASES])
+def test_eval_data_errors_name_file_and_line(tmp_path, case, suffix, text, message):
+    path = tmp_path / f"data{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        build_items(load_records(path))
+    assert message in str(caught.value)
+    if ":" in message[:3]:
+        assert str(path) in str(caught.value)
+
+
 # ----------------------------------------------------------------------------- smoke set and runs
 
 
@@ -294,6 +329,20 @@ def test_interrupted_run_resumes_without_reasking(tiny_parts, smoke_items, tmp_p
     assert run_benchmark(pipe, smoke_items, **run) == results and finished.calls == 0
     with pytest.raises(ValueError, match="other settings.*max_new_tokens"):
         run_benchmark(pipe, smoke_items, **{**run, "max_new_tokens": 8})  # would mix answers of two settings
+
+
+def test_eval_does_not_reuse_predictions_after_the_answer_key_changes(tiny_pipe, audio_dir, tmp_path):
+    def items(answer):
+        record = {"id": "q1", "audio_id": str(audio_dir / "tone.wav"), "question": "What?", "answer": answer}
+        return build_items([{**record, "choices": ["tone", "speech"]}])
+
+    out = tmp_path / "eval"
+    run_benchmark(tiny_pipe, items("speech"), out, fmt="mcq", batch_size=1, max_new_tokens=2, no_asr=True)
+    run_benchmark(tiny_pipe, items("tone"), out, fmt="mcq", batch_size=1, max_new_tokens=2, no_asr=True)
+    saved = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in saved] == ["tone"]
+    stale = [json.loads(line) for line in (out / "predictions.stale.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in stale] == ["speech"]
 
 
 def test_dataset_with_mapped_columns_and_audio_feature(tiny_parts, smoke_dir, tmp_path):

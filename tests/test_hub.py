@@ -406,6 +406,31 @@ def test_publish_uploads_exact_file_list_after_verifying(tmp_path, monkeypatch, 
     assert "someone/desta25-test" in (work_dir / "README.md").read_text()
 
 
+def test_publish_uploads_known_kinds_and_never_writes_the_users_folder(saved_model_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(saved_model_dir, folder)
+    (folder / ".env").write_text("HF_TOKEN=hf_secret")
+    (folder / "notes.docx").write_bytes(b"private")
+    (folder / ".secrets").mkdir()
+    (folder / ".secrets" / "key.json").write_text("{}")
+    (folder / "README.md").write_text("---\nlicense: other\n---\n# My own card\n")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    sent = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kwargs: None)
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda api, *, folder_path, allow_patterns, **kwargs: sent.update(files=allow_patterns)
+    )
+    monkeypatch.setattr(publish_module, "verify_loads", lambda folder, **kwargs: {})
+    monkeypatch.setattr(publish_module, "check_folder", lambda folder: None)
+    from processing import DestaProcessor
+
+    publish_module.publish(folder, "someone/model", processor=DestaProcessor.from_pretrained(saved_model_dir), facts={})
+    assert not any(name.startswith(".") or "/." in name for name in sent["files"])
+    assert "notes.docx" not in sent["files"] and "README.md" in sent["files"] and "model.safetensors" in sent["files"]
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+
+
 def _checkpoint_folder(tmp_path: Path, converted_dir: Path) -> Path:
     folder = tmp_path / "checkpoint"
     shutil.copytree(converted_dir, folder)

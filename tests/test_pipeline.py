@@ -1,10 +1,11 @@
 """The audio-text-to-text pipeline with the real Whisper tiny.en: ASR on the shared encoder pass, silence,
-long audio, batching, streaming, the any-to-any pipeline, remote-code loading and the CLI."""
+long audio, batching, streaming, the any-to-any pipeline and remote-code loading; then bad calls, on the tiny parts."""
 
+import logging
 import subprocess
-import sys
 import threading
 
+import numpy as np
 import pytest
 import torch
 from isolation import run_isolated
@@ -13,35 +14,19 @@ from transformers import TextIteratorStreamer, pipeline
 from desta_audio import testing as tiny_assets
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaAudioTextToTextPipeline, DestaProcessor, load_audio
+from processing.audio_sources import AudioSourceError, AudioSourcePolicy
 
-# Part of the short suite run on the oldest supported transformers too (`pytest -m compat`).
-# Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
-pytestmark = [pytest.mark.compat, pytest.mark.slow]
+# Every real-Whisper test is marked `compat` and `slow`: part of the short suite run on the oldest supported
+# transformers too (`pytest -m compat`), and left out of the quick loop `pytest -m "not slow"` (real Whisper,
+# subprocesses). The bad calls at the end run on the tiny parts and are neither.
 
 SPOKEN = "please open the door"
+SYSTEM = "Focus on the audio clips and instructions."
 
 
 @pytest.fixture(scope="module")
-def asr_model_dir(tmp_path_factory, llm_dir, real_whisper_dir):
-    """A tiny-LLM DeSTA model whose audio tower is the real Whisper tiny.en, saved with its processor."""
-    processor = DestaProcessor.from_components(llm_dir, real_whisper_dir, num_audio_queries=8)
-    assert processor.asr_tokenizer is not None
-    model = DestaForConditionalGeneration.from_components(
-        llm_dir,
-        real_whisper_dir,
-        processor=processor,
-        qformer_num_hidden_layers=1,
-        qformer_intermediate_size=64,
-    )
-    path = tmp_path_factory.mktemp("asr_model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipe(asr_model_dir):
-    return pipeline("audio-text-to-text", model=str(asr_model_dir), trust_remote_code=True)
+def pipe(real_whisper_model_dir):
+    return pipeline("audio-text-to-text", model=str(real_whisper_model_dir), trust_remote_code=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +80,15 @@ def recorder(pipe):
     recorder.close()
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_pipeline_class_comes_from_remote_code(pipe):
     assert type(pipe).__name__ == "DestaAudioTextToTextPipeline"
     assert type(pipe).__module__.startswith("transformers_modules")
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_speech_is_transcribed_on_the_connector_encoder_pass(pipe, clips, recorder):
     result = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=3)
     assert SPOKEN in result["transcripts"][0].lower()
@@ -109,6 +98,8 @@ def test_speech_is_transcribed_on_the_connector_encoder_pass(pipe, clips, record
     assert recorder.decoder_calls > 0  # ASR ran (what test_user_transcript_skips_asr counts)
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_tone_and_silence_get_empty_transcripts(pipe, clips):
     results = pipe(
         [str(clips["tone"]), str(clips["silence"]), str(clips["noise"])], prompt="What?", max_new_tokens=2, batch_size=3
@@ -116,6 +107,8 @@ def test_tone_and_silence_get_empty_transcripts(pipe, clips):
     assert [r["transcripts"] for r in results] == [[""], [""], [""]]
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_user_transcript_skips_asr(pipe, clips, recorder):
     conversation = [
         {"role": "user", "content": [{"type": "audio", "path": str(clips["door"]), "transcript": "given text"}]}
@@ -126,6 +119,8 @@ def test_user_transcript_skips_asr(pipe, clips, recorder):
     assert recorder.encoder_calls == 1
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_array_input_and_45_second_clip(pipe, clips, recorder):
     array = load_audio(clips["door"])
     from_array = pipe(array, prompt="What is said?", max_new_tokens=3)
@@ -138,6 +133,8 @@ def test_array_input_and_45_second_clip(pipe, clips, recorder):
     assert recorder.placeholders[-1] == [2 * queries]  # two windows' worth of audio tokens
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_transcript_covers_whole_long_clip(pipe, tmp_path):
     first, second = (
         tiny_assets.speak(tmp_path / "a.wav", SPOKEN),
@@ -150,6 +147,8 @@ def test_transcript_covers_whole_long_clip(pipe, tmp_path):
     assert SPOKEN in transcript and "good morning" in transcript
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_batched_pipeline_equals_one_by_one(pipe, clips, recorder):
     inputs = [str(clips["door"]), str(clips["tone"]), str(clips["morning"])]
     batched = pipe(inputs, prompt="Describe the audio in detail please.", max_new_tokens=6, batch_size=3)
@@ -158,6 +157,8 @@ def test_batched_pipeline_equals_one_by_one(pipe, clips, recorder):
     assert batched == single
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_multi_audio_multi_turn_and_text_only_chats(pipe, clips, recorder):
     conversation = [
         {
@@ -186,6 +187,8 @@ def test_multi_audio_multi_turn_and_text_only_chats(pipe, clips, recorder):
     assert recorder.encoder_calls == 1  # only the audio chat touched the encoder
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_audio_over_the_limit_raises_instead_of_cutting(pipe, clips):
     pipe.processor.max_audio_seconds = 40
     try:
@@ -195,11 +198,15 @@ def test_audio_over_the_limit_raises_instead_of_cutting(pipe, clips):
         pipe.processor.max_audio_seconds = 600.0
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_missing_audio_is_a_clear_error(pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="audio file not found"):
         pipe(str(tmp_path / "nope.wav"), prompt="What?")
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_streaming_with_text_iterator_streamer(pipe, clips):
     model, processor = pipe.model, pipe.processor
     conversation = [
@@ -234,22 +241,26 @@ def test_streaming_with_text_iterator_streamer(pipe, clips):
     assert streamed.strip() == result["generated_text"] == expected_text.strip()
 
 
-def test_pip_users_get_the_pipeline_without_remote_code(asr_model_dir, clips):
-    model = DestaForConditionalGeneration.from_pretrained(asr_model_dir)
-    processor = DestaProcessor.from_pretrained(asr_model_dir)
+@pytest.mark.compat
+@pytest.mark.slow
+def test_pip_users_get_the_pipeline_without_remote_code(real_whisper_model_dir, clips):
+    model = DestaForConditionalGeneration.from_pretrained(real_whisper_model_dir)
+    processor = DestaProcessor.from_pretrained(real_whisper_model_dir)
     local = pipeline("audio-text-to-text", model=model, processor=processor)
     assert isinstance(local, DestaAudioTextToTextPipeline)
     assert SPOKEN in local(str(clips["door"]), prompt="What?", max_new_tokens=2)["transcripts"][0].lower()
 
 
-def test_one_line_pipeline_in_clean_process(asr_model_dir, clips, tmp_path, pipe):
+@pytest.mark.compat
+@pytest.mark.slow
+def test_one_line_pipeline_in_clean_process(real_whisper_model_dir, clips, tmp_path, pipe):
     expected = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=4)
     script = f"""
         from transformers import pipeline
-        pipe = pipeline("audio-text-to-text", model={str(asr_model_dir)!r}, trust_remote_code=True)
+        pipe = pipeline("audio-text-to-text", model={str(real_whisper_model_dir)!r}, trust_remote_code=True)
         result = pipe({str(clips["door"])!r}, prompt="What is said?", max_new_tokens=4)
         assert result == {expected!r}, result
-        any_pipe = pipeline("any-to-any", model={str(asr_model_dir)!r}, trust_remote_code=True)
+        any_pipe = pipeline("any-to-any", model={str(real_whisper_model_dir)!r}, trust_remote_code=True)
         chat = [{{"role": "user", "content": [{{"type": "audio", "path": {str(clips["door"])!r}, "transcript": "hi"}}, {{"type": "text", "text": "What?"}}]}}]
         out = any_pipe(text=chat, max_new_tokens=3, return_full_text=False)
         assert isinstance(out[0]["generated_text"], str), out
@@ -259,48 +270,14 @@ def test_one_line_pipeline_in_clean_process(asr_model_dir, clips, tmp_path, pipe
     assert "PIPELINE_OK" in run_isolated(script, cwd=tmp_path).stdout
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "desta_audio.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
-
-
-def test_cli_answers_streams_and_reports_transcripts(asr_model_dir, clips, pipe):
-    expected = pipe(str(clips["door"]), prompt="What is said?", max_new_tokens=4)
-    plain = _cli(
-        "chat", str(clips["door"]), "-p", "What is said?", "--model", str(asr_model_dir), "--max-new-tokens", "4", "-v"
-    )
-    assert plain.returncode == 0, plain.stderr
-    assert plain.stdout == expected["generated_text"] + "\n"
-    assert f"[transcript] {clips['door']}: {expected['transcripts'][0]}" in plain.stderr
-    streamed = _cli(
-        "chat",
-        str(clips["door"]),
-        "-p",
-        "What is said?",
-        "--model",
-        str(asr_model_dir),
-        "--max-new-tokens",
-        "4",
-        "--stream",
-    )
-    assert streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout.strip() == expected["generated_text"]
-
-
-def test_cli_missing_file_exits_nonzero_with_message(tmp_path):
-    result = _cli("chat", str(tmp_path / "missing.wav"), "-p", "hi", "--model", str(tmp_path))
-    assert result.returncode == 2
-    assert "desta-audio: error: audio file not found" in result.stderr and "missing.wav" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def _effective(generate_kwargs: dict, name: str):
     """A generation parameter as `generate` will use it: passed as a kwarg (transformers >= 5.24 pipelines) or in
     the generation config passed with the call (older pipelines)."""
     return generate_kwargs.get(name, getattr(generate_kwargs.get("generation_config"), name, None))
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_generation_kwargs_pass_through(pipe, clips, monkeypatch):
     seen = {}
     original = pipe.model.generate
@@ -320,6 +297,8 @@ def test_generation_kwargs_pass_through(pipe, clips, monkeypatch):
     assert _effective(seen, "do_sample") in (None, False) and _effective(seen, "max_new_tokens") == 256  # greedy
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_transcripts_on_shared_states_equal_whispers_own_generate(pipe, clips):
     """The pipeline's one ASR path (`transcribe_clips`, on the encoder pass that fed the connector) gives the text
     of `whisper.generate` run on the features alone."""
@@ -335,6 +314,8 @@ def test_transcripts_on_shared_states_equal_whispers_own_generate(pipe, clips):
     assert SPOKEN in ours[0].lower() and "good morning" in ours[1].lower()
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_batched_asr_equals_whisper_alone_per_window(pipe, clips):
     """Windows whose transcripts end at different lengths, decoded in one batch by the pipeline's ASR loop, get
     the tokens `whisper.generate` gives each window alone (then padding)."""
@@ -352,6 +333,8 @@ def test_batched_asr_equals_whisper_alone_per_window(pipe, clips):
         assert (row[len(expected) :] == whisper.generation_config.pad_token_id).all()
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_windows_judged_speech_free_are_never_decoded(pipe, clips):
     decoder_rows = []
     hook = pipe.model.model.audio_tower.get_decoder().register_forward_hook(
@@ -368,6 +351,8 @@ def test_windows_judged_speech_free_are_never_decoded(pipe, clips):
     assert SPOKEN in results[1]["transcripts"][0].lower() and "good morning" in results[3]["transcripts"][0].lower()
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_datasets_audio_column_and_generators_are_batches(pipe, clips):
     import datasets
 
@@ -381,6 +366,8 @@ def test_datasets_audio_column_and_generators_are_batches(pipe, clips):
         pipe(3, prompt="What?")
 
 
+@pytest.mark.compat
+@pytest.mark.slow
 def test_a_chat_and_the_audio_shorthand_get_the_same_default_system_prompt(pipe, clips):
     """`pipe(chat)` and `pipe(path, prompt=...)` once differed: the shorthand added the system prompt, a chat got
     none. The processor owns the default now, for both."""
@@ -395,3 +382,45 @@ def test_a_chat_and_the_audio_shorthand_get_the_same_default_system_prompt(pipe,
     assert f"system<|end_header_id|>\n\n{DEFAULT_SYSTEM_PROMPT}<|eot_id|>" in shorthand
     other = pipe.preprocess(str(clips["door"]), prompt="Hi?", system_prompt="Be brief.")["text"]
     assert "Be brief." in other and DEFAULT_SYSTEM_PROMPT not in other
+
+
+# ----------------------------------------------------------------------------- bad calls (tiny parts)
+def _chat(user_content, system=SYSTEM):
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": user_content},
+    ]
+
+
+def _tone_item(transcript=""):
+    return {"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000, "transcript": transcript}
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: p([_chat([_tone_item()])] * 2, batch_size=-1), "batch_size must be a positive integer; got -1"),
+        (lambda p: p([_chat([_tone_item()])], batch_size=0), "batch_size must be a positive integer; got 0"),
+        (lambda p: p([{"content": [_tone_item()]}]), "Message 0 has no 'role'"),
+        (lambda p: p({"file": "x.wav"}, prompt="hi"), r"Cannot read a dict with keys \['file'\] as audio"),
+        (lambda p: p([{"role": "user", "content": None}]), r"Message 0 \(user\) has content None"),
+    ],
+    ids=["batch_size=-1", "batch_size=0", "message without role", "dict without audio", "content None"],
+)
+def test_pipeline_bad_calls(tiny_pipe, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tiny_pipe)
+
+
+def test_pipeline_untrusted_policy_per_call(tiny_pipe, audio_dir):
+    untrusted = AudioSourcePolicy.for_input(trusted_input=False)
+    with pytest.raises(AudioSourceError, match="local audio paths are not allowed"):
+        tiny_pipe(str(audio_dir / "tone.wav"), prompt="hi", audio_policy=untrusted, max_new_tokens=1)
+
+
+def test_overlong_transcript_warns_against_max_positions(tiny_pipe, monkeypatch, caplog):
+    monkeypatch.setattr(tiny_pipe.model.config.text_config, "max_position_embeddings", 128)
+    chat = _chat([_tone_item(transcript="word " * 200), {"type": "text", "text": "hi"}])
+    with caplog.at_level(logging.WARNING, logger="processing.pipeline_desta"):
+        tiny_pipe(chat, max_new_tokens=1)
+    assert any("over the LLM's max_position_embeddings=128" in r.getMessage() for r in caplog.records)

@@ -20,7 +20,6 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTok
 from transformers.utils import hub as transformers_hub
 
 from desta_audio import testing as tiny_assets
-from desta_audio.cli import DEFAULT_MODEL_ID
 from desta_audio.cli import main as cli_main
 from desta_audio.hub.convert import convert
 from modeling_desta import DestaForConditionalGeneration
@@ -152,10 +151,6 @@ def test_cli_chat_and_eval_on_the_release(release_dir, converted, audio_dir, tmp
         assert cli_main(command) == 0
         runs[name] = [json.loads(line)["prediction"] for line in (tmp_path / name / "predictions.jsonl").open()]
     assert runs["release"] == runs["converted"] and len(runs["release"]) == 2
-
-
-def test_cli_defaults_to_the_authors_release():
-    assert DEFAULT_MODEL_ID == "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"
 
 
 # ---------------------------------------------------------------------------------------------- unreachable LLM

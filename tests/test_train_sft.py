@@ -11,16 +11,16 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 from transformers.utils import is_torch_bf16_gpu_available
 
 from desta_audio import testing as tiny_assets
@@ -78,6 +78,12 @@ def small_model(llm_dir, whisper_dir, **overrides):
     return model, processor
 
 
+def script_arguments(**overrides):
+    from desta_audio.training import DestaScriptArguments
+
+    return DestaScriptArguments(dataset_name=None, **overrides)
+
+
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
@@ -107,13 +113,6 @@ def run(command: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProc
         out, err = stdout.read(), stderr.read()
     assert process.returncode == 0, f"exit {process.returncode} (timeout {timeout} s):\n{out[-3000:]}{err[-6000:]}"
     return subprocess.CompletedProcess(command, process.returncode, out, err)
-
-
-def free_port() -> int:
-    """A port nobody listens on, so a stray run elsewhere cannot capture this run's rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- collator
@@ -244,6 +243,61 @@ def test_bad_records_raise_or_are_skipped_and_counted_never_trained_without_audi
         lenient([missing])
 
 
+@pytest.mark.slow
+def test_skip_never_aborts_even_when_a_whole_batch_is_bad(llm_dir, whisper_dir, audio_dir, tmp_path):
+    """Batch size 1, two bad records of four: every step still trains, on a good record drawn in their place."""
+    import datasets
+    from trl import ModelConfig
+
+    from desta_audio.training import build_trainer, load_model_and_processor
+
+    args = script_arguments(
+        llm=str(llm_dir),
+        whisper=str(whisper_dir),
+        num_audio_queries=4,
+        qformer_num_hidden_layers=1,
+        qformer_intermediate_size=64,
+        on_bad_record="skip",
+    )
+    model, processor = load_model_and_processor(args, ModelConfig(dtype="float32"), seed=0)
+    rows = [
+        sft_record("bad-0", str(tmp_path / "gone.wav"), "A tone."),
+        sft_record("bad-1", str(audio_dir / "corrupt.wav"), "A tone."),
+    ]
+    rows += [sft_record(f"good-{i}", str(audio_dir / "tone.wav"), "A tone.") for i in range(2)]
+    trainer = build_trainer(
+        model,
+        processor,
+        sft_args(
+            output_dir=str(tmp_path / "run"),
+            per_device_train_batch_size=1,
+            max_steps=4,
+            save_strategy="no",
+            use_cpu=True,
+        ),
+        args,
+        train_dataset=datasets.Dataset.from_list(rows),
+    )
+    result = trainer.train()
+    assert trainer.state.global_step == 4 and np.isfinite(result.training_loss)
+    assert trainer.data_collator.skipped["missing_audio"] >= 1 and trainer.data_collator.skipped["bad_audio"] >= 1
+
+
+def test_streamed_dataset_filters_bad_records_before_batching(tiny_parts, audio_dir, tmp_path):
+    import datasets
+
+    from desta_audio.training import skip_bad_records
+
+    _, processor = tiny_parts
+    rows = [
+        sft_record("bad", str(tmp_path / "gone.wav"), "A tone."),
+        sft_record("good", str(audio_dir / "tone.wav"), "A tone."),
+    ]
+    collator = DestaSFTCollator(processor, on_bad_record="skip")
+    stream = skip_bad_records(datasets.Dataset.from_list(rows).to_iterable_dataset(), collator)
+    assert [r["id"] for r in stream] == ["good"] and collator.skipped == {"missing_audio": 1}
+
+
 # ----------------------------------------------------------------------------- data and recipe
 
 
@@ -297,6 +351,21 @@ def test_model_card_is_the_full_card_for_hub_ids_else_a_minimal_one(tiny_parts, 
     assert (
         "base_model_relation" not in local and "| steps | 10 |" in local and "pipeline_tag: audio-text-to-text" in local
     )
+
+
+def test_train_data_tolerates_a_torn_last_line_and_names_a_corrupt_one(tmp_path, caplog):
+    from desta_audio.training import load_sft_dataset
+
+    rows = [sft_record(f"r{i}", "clip.wav", "A tone.") for i in range(3)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "r3", "mess')
+    with caplog.at_level(logging.WARNING):
+        loaded = load_sft_dataset(script_arguments(data_files=[str(path)]))
+    assert loaded["train"]["id"] == ["r0", "r1", "r2"]
+    assert any("data.jsonl" in r.getMessage() and "last line" in r.getMessage() for r in caplog.records)
+    path.write_text(json.dumps(rows[0]) + "\n{broken\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(Exception, match=rf"{path}:2 is not valid JSON"):
+        load_sft_dataset(script_arguments(data_files=[str(path)]))
 
 
 # ----------------------------------------------------------------------------- learning
@@ -620,6 +689,58 @@ def test_resume_continues_at_the_checkpoint_step(llm_dir, whisper_dir, audio_dir
     resumed.train(resume_from_checkpoint=resume_target("true"))
     assert seen.steps == [2, 3] and resumed.state.global_step == 4
     assert (tmp_path / "checkpoint-4").exists()
+
+
+def test_output_dir_holding_a_model_is_not_overwritten(saved_model_dir, tmp_path):
+    from desta_audio.training import check_output_dir
+
+    with pytest.raises(
+        ValueError, match=r"already holds a model \(config.json, model.safetensors\).*--overwrite_output_dir"
+    ):
+        check_output_dir(saved_model_dir, resuming=False, overwrite=False)
+    check_output_dir(saved_model_dir, resuming=False, overwrite=True)
+    check_output_dir(saved_model_dir, resuming=True, overwrite=False)
+    (tmp_path / "notes.txt").write_text("not a model")
+    check_output_dir(tmp_path, resuming=False, overwrite=False)
+
+
+def test_resume_skips_an_incomplete_checkpoint(tmp_path, caplog):
+    from desta_audio.training import resume_target
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if complete:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # torn while saving
+    with caplog.at_level(logging.WARNING):
+        assert resume_target("true", tmp_path) == str(tmp_path / "checkpoint-2")
+    assert sum("incomplete checkpoint" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resume_target(str(tmp_path / "checkpoint-6"), tmp_path)
+    assert resume_target("false", tmp_path) is None
+
+
+def test_seed_makes_the_fresh_connector_reproducible(llm_dir, whisper_dir):
+    from trl import ModelConfig
+
+    from desta_audio.training import load_model_and_processor
+
+    args = script_arguments(
+        llm=str(llm_dir),
+        whisper=str(whisper_dir),
+        num_audio_queries=4,
+        qformer_num_hidden_layers=1,
+        qformer_intermediate_size=64,
+    )
+    connectors = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(1000 + len(connectors))  # whatever ran before must not matter
+        model, _ = load_model_and_processor(args, ModelConfig(dtype="float32"), seed=seed)
+        connectors.append(model.model.connector.state_dict())
+    assert all(torch.equal(connectors[0][k], connectors[1][k]) for k in connectors[0])
+    assert not all(torch.equal(connectors[0][k], connectors[2][k]) for k in connectors[0])
 
 
 # ----------------------------------------------------------------------------- the script

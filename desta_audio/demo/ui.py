@@ -1,6 +1,7 @@
 """The Gradio page of the web demo and its launcher (`app.py`, `desta-audio demo`).
 
-Gradio is imported inside `build_app` only: it is the `demo` extra, never a dependency of the library.
+Gradio is imported inside the functions that build the page only: it is the `demo` extra, never a dependency of the
+library.
 """
 
 from __future__ import annotations
@@ -50,7 +51,32 @@ def build_app(loader: ModelLoader, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB)
     """The page, served by `launch`; `loader` may still be loading (the page shows its progress)."""
     import gradio as gr
 
-    max_bytes = int(max_upload_mb * 2**20)
+    respond = make_responder(loader, max_bytes=int(max_upload_mb * 2**20))
+    with gr.Blocks(title=TITLE) as app:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        status = gr.Markdown(loader.status(), elem_id="model-status")
+        chat_state = gr.State(Chat())
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot, box, notice = chat_column()
+            with gr.Column(scale=2):
+                transcripts, new_chat, settings = side_column()
+        gr.Examples(example_inputs(), inputs=box, label="Example clips")
+
+        box.submit(
+            respond,
+            inputs=[box, chat_state, *settings],
+            outputs=[box, chatbot, transcripts, notice, chat_state],
+            concurrency_limit=CONCURRENCY_LIMIT,
+        )
+        new_chat.click(lambda: (Chat(), [], "", ""), outputs=[chat_state, chatbot, transcripts, notice], queue=False)
+        poll_status(loader, status)
+    return app
+
+
+def make_responder(loader: ModelLoader, max_bytes: int):
+    """The page's answer handler: `respond(message, chat, system_prompt, max_new_tokens, temperature)`."""
+    import gradio as gr
 
     def wait_for_model():
         """Yield the loading status until the model is ready (or failed): the page shows it instead of hanging."""
@@ -82,57 +108,60 @@ def build_app(loader: ModelLoader, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB)
             logger.exception("Answering failed")
             yield keep, keep, "", f"⚠ The model failed to answer: {error}", keep
 
+    return respond
+
+
+def chat_column():
+    """(chatbot, box, notice): the chat, the question box (text, uploads, microphone) and the notice under it."""
+    import gradio as gr
+
+    chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=360, feedback_options=None)
+    box = gr.MultimodalTextbox(
+        sources=["upload", "microphone"],
+        file_types=["audio"],
+        file_count="multiple",
+        placeholder="Attach or record audio, then ask a question about it",
+        show_label=False,
+        elem_id="question",
+    )
+    notice = gr.Markdown(elem_id="notice")
+    return chatbot, box, notice
+
+
+def side_column():
+    """Whisper's transcripts, "New chat" and the generation settings: (transcripts, new_chat, settings), where
+    `settings` are the system prompt, max new tokens and temperature inputs, in `respond`'s order."""
+    import gradio as gr
+
+    transcripts = gr.Textbox(
+        label="What the model heard (Whisper transcript)",
+        interactive=False,
+        lines=4,
+        elem_id="transcripts",
+    )
+    new_chat = gr.Button("New chat", elem_id="new-chat")
+    system_prompt = gr.Textbox(
+        label="System prompt (optional)",
+        elem_id="system-prompt",
+        placeholder=DEFAULT_SYSTEM_PROMPT,
+    )
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        max_new_tokens = gr.Slider(
+            1, 1024, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="Max new tokens", elem_id="max-new-tokens"
+        )
+        temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
+    return transcripts, new_chat, [system_prompt, max_new_tokens, temperature]
+
+
+def poll_status(loader: ModelLoader, status) -> None:
+    """Refresh the `status` line every STATUS_POLL_SECONDS until the model is ready (or failed), then stop polling."""
+    import gradio as gr
+
     def refresh_status():
         return loader.status(), gr.Timer(active=not loader.wait(timeout=0))
 
-    with gr.Blocks(title=TITLE) as app:
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
-        status = gr.Markdown(loader.status(), elem_id="model-status")
-        chat_state = gr.State(Chat())
-        with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=360, feedback_options=None)
-                box = gr.MultimodalTextbox(
-                    sources=["upload", "microphone"],
-                    file_types=["audio"],
-                    file_count="multiple",
-                    placeholder="Attach or record audio, then ask a question about it",
-                    show_label=False,
-                    elem_id="question",
-                )
-                notice = gr.Markdown(elem_id="notice")
-            with gr.Column(scale=2):
-                transcripts = gr.Textbox(
-                    label="What the model heard (Whisper transcript)",
-                    interactive=False,
-                    lines=4,
-                    elem_id="transcripts",
-                )
-                new_chat = gr.Button("New chat", elem_id="new-chat")
-                system_prompt = gr.Textbox(
-                    label="System prompt (optional)",
-                    elem_id="system-prompt",
-                    placeholder=DEFAULT_SYSTEM_PROMPT,
-                )
-                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-                    max_new_tokens = gr.Slider(
-                        1, 1024, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="Max new tokens", elem_id="max-new-tokens"
-                    )
-                    temperature = gr.Slider(
-                        0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
-                    )
-        gr.Examples(example_inputs(), inputs=box, label="Example clips")
-
-        box.submit(
-            respond,
-            inputs=[box, chat_state, system_prompt, max_new_tokens, temperature],
-            outputs=[box, chatbot, transcripts, notice, chat_state],
-            concurrency_limit=CONCURRENCY_LIMIT,
-        )
-        new_chat.click(lambda: (Chat(), [], "", ""), outputs=[chat_state, chatbot, transcripts, notice], queue=False)
-        timer = gr.Timer(STATUS_POLL_SECONDS)
-        timer.tick(refresh_status, outputs=[status, timer], queue=False)
-    return app
+    timer = gr.Timer(STATUS_POLL_SECONDS)
+    timer.tick(refresh_status, outputs=[status, timer], queue=False)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..data.engines_openai import DEFAULT_API_KEY_ENV
 from ..files import JsonlWriter, write_jsonl_atomic
 from ..runtime import chunks, load_pipeline
+from ..serving.served_pipeline import ServedPipeline
 from .data import (
     BenchmarkColumns,
     EvalItem,
@@ -167,9 +169,6 @@ def evaluate_benchmark(
 
 def served_pipeline(base_url: str, model: str):
     """The served model, decoding answers with its tokenizer when `model` is a local folder that holds one."""
-    from ..data.engines_openai import DEFAULT_API_KEY_ENV
-    from ..serving.served_pipeline import ServedPipeline
-
     tokenizer = None
     if os.path.isfile(os.path.join(str(model), "tokenizer_config.json")):
         from transformers import AutoTokenizer

@@ -8,13 +8,16 @@ for such a request (here for ASR, in the worker for the connector's taps); a req
 skips all of it. `DESTA_ASR_DEVICE` (default `cpu`) and `DESTA_ASR_DTYPE` (default `float32`) choose where.
 """
 
+import json
 import logging
 import os
 import threading
 
 import torch
+from safetensors import safe_open
+from transformers import GenerationConfig, WhisperForConditionalGeneration
 
-from modeling_desta.loading_desta import whisper_from_checkpoint
+from modeling_desta.configuration_desta import DestaConfig
 from modeling_desta.modeling_desta import encode_taps
 from modeling_desta.transcription_desta import transcribe_clips
 
@@ -71,3 +74,41 @@ def _load(path: str, asr_tokenizer) -> FrontendTranscriber:
     dtype = getattr(torch, os.environ.get("DESTA_ASR_DTYPE", "float32"))
     logger.info("Loading %s's Whisper for transcription on %s (%s)", path, device, dtype)
     return FrontendTranscriber(path, asr_tokenizer, device, dtype)
+
+
+AUDIO_TOWER_PREFIX = "model.audio_tower."
+
+
+def whisper_from_checkpoint(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32
+) -> WhisperForConditionalGeneration:
+    """The Whisper (encoder and decoder, with its own generation config) inside a saved DeSTA checkpoint, without
+    loading the LLM: what a process that only transcribes (vLLM's API server) needs. Reads only the
+    `model.audio_tower.*` tensors of the checkpoint's safetensors files."""
+    config = DestaConfig.from_pretrained(path)
+    with torch.device("meta"):
+        whisper = WhisperForConditionalGeneration(config.audio_config)
+    state = {}
+    for shard in _safetensors_files(path):
+        with safe_open(shard, framework="pt") as tensors:
+            for name in tensors.keys():
+                if name.startswith(AUDIO_TOWER_PREFIX):
+                    state[name[len(AUDIO_TOWER_PREFIX) :]] = tensors.get_tensor(name).to(dtype)
+    if "proj_out.weight" not in state and "model.decoder.embed_tokens.weight" in state:
+        state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]  # tied in Whisper checkpoints
+    whisper.load_state_dict(state, strict=True, assign=True)
+    if config.asr_generation_config:
+        whisper.generation_config = GenerationConfig.from_dict(config.asr_generation_config)
+    return whisper.eval()
+
+
+def _safetensors_files(path) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+        return [os.path.join(path, shard) for shard in shards]
+    single = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(single):
+        raise FileNotFoundError(f"{path} holds no model.safetensors (or index): save the model with save_pretrained.")
+    return [single]

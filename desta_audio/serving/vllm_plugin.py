@@ -12,6 +12,8 @@ does so idempotently:
 
 import logging
 
+import modeling_desta  # noqa: F401  (registers the `desta` config with AutoConfig)
+
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "DestaForConditionalGeneration"
@@ -22,8 +24,6 @@ def register() -> None:
     from vllm import ModelRegistry
     from vllm.renderers.registry import RENDERER_REGISTRY
     from vllm.tokenizers.registry import TokenizerRegistry
-
-    import modeling_desta  # noqa: F401  (registers the `desta` config with AutoConfig)
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, f"desta_audio.serving.vllm_model:{ARCHITECTURE}")

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
+from modeling_desta import DestaForConditionalGeneration
+from processing import DEFAULT_SYSTEM_PROMPT, DestaProcessor, audio_chat
 
 LLAMA3_SPLIT_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SPECIAL_TOKENS = [
@@ -196,9 +197,6 @@ def sft_record(rid: str, audio, response: str, instruction: str = "What is it?",
 def build_servable_checkpoint(save_dir: str | Path, whisper_dir: str | Path, num_audio_queries: int = 8) -> Path:
     """A tiny DeSTA checkpoint that vLLM's CPU build can serve: a Llama with 32-dim attention heads (the smallest
     vLLM's CPU attention takes) around the given Whisper, saved with its processor."""
-    from modeling_desta import DestaForConditionalGeneration
-    from processing import DestaProcessor
-
     save_dir = Path(save_dir)
     tokenizer = build_tokenizer(save_dir / "tokenizer")
     build_llm(tokenizer, hidden_size=128, save_dir=save_dir / "llm")
