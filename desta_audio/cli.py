@@ -251,6 +251,12 @@ def add_eval_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--base-url",
+        help="benchmark a DeSTA served behind this OpenAI-compatible API root (e.g. vLLM with this package's plugin: "
+        "http://127.0.0.1:8000/v1) instead of loading it here; --model is the served model's name (a local folder "
+        "name also gives the tokenizer that decodes answers as the pipeline does). Key: $OPENAI_API_KEY",
+    )
 
 
 def add_benchmark_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,8 +313,11 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
-    resolve_device(args.device)
-    check_model(args.model)
+    if args.base_url and args.retention:
+        raise ValueError("--base-url serves benchmarks only; the retention check needs the model's weights here")
+    if not args.base_url:
+        resolve_device(args.device)
+        check_model(args.model)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
         report = ev.knowledge_retention(
@@ -344,6 +353,7 @@ def run_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
         dtype=args.dtype,
+        base_url=args.base_url,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens or ev.BENCHMARK_MAX_NEW_TOKENS,
         system_prompt=args.system_prompt,

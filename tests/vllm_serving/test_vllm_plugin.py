@@ -271,7 +271,6 @@ def test_server_refuses_bad_input_with_400_and_keeps_serving(server, clips, audi
 
 
 def test_eval_through_the_server_gives_the_in_process_predictions(server, checkpoint, audio_dir, tmp_path):
-    from desta_audio.evaluation.benchmark import evaluate_benchmark
     from desta_audio.files import read_jsonl
 
     rows = [
@@ -299,9 +298,12 @@ def test_eval_through_the_server_gives_the_in_process_predictions(server, checkp
     ]
     data = tmp_path / "mini.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    options = {"data_file": data, "max_new_tokens": NEW_TOKENS}
-    local = evaluate_benchmark(checkpoint, tmp_path / "local", device="cpu", dtype="float32", **options)
-    served = evaluate_benchmark(checkpoint, tmp_path / "served", base_url=f"{server}/v1", **options)
+    from desta_audio import cli
+
+    common = ["eval", "--data-file", str(data), "--model", str(checkpoint), "--max-new-tokens", str(NEW_TOKENS)]
+    assert cli.main([*common, "--output-dir", str(tmp_path / "local"), "--device", "cpu", "--dtype", "float32"]) == 0
+    assert cli.main([*common, "--output-dir", str(tmp_path / "served"), "--base-url", f"{server}/v1"]) == 0
+    local, served = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("local", "served"))
     assert served == local
 
     def answers(folder):
