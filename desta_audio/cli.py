@@ -220,8 +220,24 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     add_eval_modes(parser)
     add_eval_model_arguments(parser)
     add_benchmark_data_arguments(parser)
+    add_preset_arguments(parser)
     add_retention_arguments(parser)
     return parser
+
+
+def add_preset_arguments(parser: argparse.ArgumentParser) -> None:
+    """A benchmark of the paper's table by name, and the LLM judge some of them are scored by."""
+    preset = parser.add_argument_group("benchmark presets (with --data-file or --dataset)")
+    preset.add_argument(
+        "--benchmark",
+        choices=sorted(ev.PRESETS),
+        help="the benchmark's own layout, prompt, scorer and aggregation (see docs/evaluation.md); without it the "
+        "records are read as MMAU-style questions",
+    )
+    preset.add_argument("--subset", help="SAKURA: single or multi (hop); VoiceBench: the subset; Dynamic-SUPERB: task")
+    preset.add_argument("--judge-base-url", help="OpenAI-compatible API root of the LLM judge (SAKURA, VoiceBench ...)")
+    preset.add_argument("--judge-model", help="the judge model's name at --judge-base-url (e.g. gpt-4o-2024-11-20)")
+    preset.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable with its key")
 
 
 def add_eval_modes(parser: argparse.ArgumentParser) -> None:
@@ -304,6 +320,36 @@ def add_retention_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def run_preset(args: argparse.Namespace) -> int:
+    """`eval --benchmark NAME`: the preset run, its results table on stdout."""
+    if (args.judge_base_url is None) != (args.judge_model is None):
+        raise ValueError("--judge-base-url and --judge-model go together")
+    judge = None
+    if args.judge_base_url:
+        judge = ev.JudgeSettings(args.judge_base_url, args.judge_model, args.judge_api_key_env)
+    results = ev.evaluate_preset(
+        args.benchmark,
+        args.model,
+        args.output_dir,
+        data_file=args.data_file,
+        dataset=args.dataset,
+        subset=args.subset,
+        split=args.split,
+        audio_root=args.audio_root,
+        limit=args.limit,
+        device=args.device,
+        dtype=args.dtype,
+        base_url=args.base_url,
+        judge=judge,
+        max_new_tokens=args.max_new_tokens,
+        system_prompt=args.system_prompt,
+        batch_size=args.batch_size,
+        no_asr=args.no_asr,
+    )
+    sys.stdout.write(ev.results_markdown(results))
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the mode `args` selects, write JSON + Markdown into --output-dir, print the Markdown table."""
     logging.getLogger("desta_audio.evaluation").setLevel(logging.INFO)
@@ -331,6 +377,8 @@ def run_eval(args: argparse.Namespace) -> int:
         ev.write_retention(report, args.output_dir)
         sys.stdout.write(ev.retention_markdown(report))
         return 0
+    if args.benchmark:
+        return run_preset(args)
     columns = ev.BenchmarkColumns(
         id=args.id_column,
         question=args.question_column,

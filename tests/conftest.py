@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,3 +142,39 @@ def audio_dir(tmp_path_factory) -> Path:
     (path / "empty.wav").write_bytes(b"")
     tiny_assets.write_zero_length_wav(path / "zero_length.wav")
     return path
+
+
+class Server:
+    """`transformers serve LLM_DIR` on 127.0.0.1:port, CPU, in its own process group."""
+
+    def __init__(self, llm_dir: Path, port: int, log: Path):
+        self.llm_dir, self.port, self.log = llm_dir, port, log
+        self.process = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        command = [
+            shutil.which("transformers"), "serve", str(self.llm_dir), "--host", "127.0.0.1",
+            "--port", str(self.port), "--device", "cpu",
+        ]  # fmt: skip
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"transformers serve did not come up: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

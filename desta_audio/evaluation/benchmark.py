@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,11 +30,14 @@ from .data import (
     prediction_record,
     resolve_system_prompt,
 )
+from .judge import JudgeSettings, judge_records
+from .presets import preset
 from .scoring import read_predictions, score_predictions, write_results
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("mcq", "open", "asr")
+PRESET_FORMATS = ("speech-ifeval", "voicebench", "judged")  # set by benchmark presets, never given by hand
 BENCHMARK_MAX_NEW_TOKENS = 512  # the reference's MMAU setting
 PREDICTIONS_FILE = "predictions.jsonl"
 STALE_PREDICTIONS_FILE = "predictions.stale.jsonl"
@@ -86,13 +90,15 @@ def run_benchmark(
     system_prompt: str | None = None,
     no_asr: bool = False,
     group_by: Sequence[str] | None = None,
+    score=None,
 ) -> dict:
-    """Ask every item not yet in `output_dir/predictions.jsonl` (greedy), append each batch's answers, then score.
+    """Ask every item not yet in `output_dir/predictions.jsonl` (greedy), append each batch's answers, then score
+    (`score_predictions`, or `score(records)` for a preset that judges or aggregates its own way).
 
     Items already answered there are never asked again, so an interrupted run resumes by running it again.
     The results (also written as `results.json` / `results.md`) cover this run's items only.
     """
-    if fmt not in FORMATS:
+    if fmt not in FORMATS + PRESET_FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -126,7 +132,8 @@ def run_benchmark(
             sink.write(prediction_record(item, fmt, output) for item, output in zip(batch, outputs, strict=True))
             progress.update(len(batch))
     wanted = {item.id for item in items}
-    results = score_predictions([r for r in read_predictions(predictions_path) if r["id"] in wanted], group_by)
+    records = [r for r in read_predictions(predictions_path) if r["id"] in wanted]
+    results = score_predictions(records, group_by) if score is None else score(records)
     write_results(results, output_dir)
     return results
 
@@ -175,3 +182,70 @@ def served_pipeline(base_url: str, model: str):
 
         tokenizer = AutoTokenizer.from_pretrained(model)
     return ServedPipeline(base_url, str(model), tokenizer=tokenizer, api_key=os.environ.get(DEFAULT_API_KEY_ENV))
+
+
+def evaluate_preset(
+    name: str,
+    model,
+    output_dir: str | os.PathLike,
+    processor=None,
+    data_file: str | os.PathLike | None = None,
+    dataset=None,
+    subset: str | None = None,
+    split: str = "test",
+    audio_root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    base_url: str | None = None,
+    judge: JudgeSettings | None = None,
+    max_new_tokens: int | None = None,
+    system_prompt: str | None = None,
+    **run_kwargs,
+) -> dict:
+    """One benchmark of the paper's table (`presets.PRESETS`): its data, prompts, scorer and aggregation.
+
+    `judge` (an OpenAI-compatible endpoint and model) scores what the benchmark scores by an LLM; without it such a
+    benchmark reports its offline proxy where it has one (SAKURA: MMAU's rule on the listed options; Dynamic-SUPERB:
+    the label found in the answer), labelled as such in `results.json` (`scored_by`)."""
+    spec = preset(name)
+    config = subset if spec.subset_is_config else None
+    records = load_records(data_file, dataset, split, config)
+    if limit is not None:
+        records = records.select(range(min(limit, len(records)))) if hasattr(records, "select") else records[:limit]
+    if audio_root is None and data_file is not None:
+        audio_root = Path(data_file).parent
+    items = spec.items(records, subset, audio_root)
+    if not items:
+        raise ValueError(f"The {name} data has no records.")
+    logger.info("%s: %d items", name, len(items))
+    pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype)
+    return run_benchmark(
+        pipe,
+        items,
+        output_dir,
+        spec.fmt,
+        max_new_tokens=max_new_tokens or spec.max_new_tokens,
+        system_prompt=spec.system_prompt if system_prompt is None else system_prompt,
+        group_by=list(spec.group_by),
+        score=lambda predictions: score_preset(spec, predictions, output_dir, judge),
+        **run_kwargs,
+    )
+
+
+def score_preset(spec, records: list[dict], output_dir, judge: JudgeSettings | None) -> dict:
+    """Score a preset's predictions: with its judge's verdicts when it has a judge and one is given, else offline."""
+    group_by = list(spec.group_by)
+    if spec.judging is None or judge is None:
+        fmt = "open" if spec.fmt == "judged" else spec.fmt  # Dynamic-SUPERB's proxy: the label in the answer
+        results = score_predictions([{**r, "format": fmt} for r in records], group_by)
+        proxy = spec.judging is not None or spec.fmt == "judged"
+        return {**results, "benchmark": spec.name, "scored_by": "offline proxy" if proxy else "offline"}
+    settings = replace(
+        judge, samples=spec.judging.samples, temperature=spec.judging.temperature, top_p=spec.judging.top_p
+    )
+    replies = judge_records(records, spec.judging.messages, settings, output_dir)
+    judged = [{**r, "verdict": spec.judging.verdict(replies[r["id"]], r)} if r["id"] in replies else r for r in records]
+    fmt = "judged" if spec.fmt in ("mcq", "judged") else spec.fmt
+    results = score_predictions([{**r, "format": fmt} for r in judged], group_by)
+    return {**results, "benchmark": spec.name, "scored_by": f"judge {judge.model}"}

@@ -39,6 +39,10 @@ class EvalItem:
     choices: list[str] = field(default_factory=list)
     categories: dict[str, Any] = field(default_factory=dict)
     transcript: str | None = None
+    # A benchmark preset's exact user text (None: the format's template; "": no text turn, the audio is the query)
+    # and the fields its scorer needs (instruction ids, a subset name, what the judge reads).
+    prompt: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +154,8 @@ def item_fingerprint(item: EvalItem) -> str:
     """A hash of what an item asks and expects: a saved prediction counts only while it matches."""
     audio = item.audio if isinstance(item.audio, str) else None
     content = [item.id, audio, item.question, item.answer, item.choices, item.transcript]
+    if item.prompt is not None or item.extra:
+        content += [item.prompt, item.extra]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
 
@@ -192,6 +198,8 @@ def mcq_question(question: str, choices: Sequence[str]) -> str:
 
 
 def user_text(item: EvalItem, fmt: str) -> str:
+    if item.prompt is not None:
+        return item.prompt
     if fmt == "mcq":
         return mcq_question(item.question, item.choices)
     if fmt == "asr":
@@ -233,4 +241,5 @@ def prediction_record(item: EvalItem, fmt: str, output: dict) -> dict:
         "prediction": strip_answer_prefix(text) if fmt == "mcq" else text.strip(),
         "transcripts": output.get("transcripts", []),
         "item_sha256": item_fingerprint(item),
+        **({"extra": item.extra} if item.extra else {}),
     }

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..files import read_jsonl
+from . import speech_ifeval, voicebench
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +115,72 @@ def _metrics(records: list[dict], fmt: str) -> dict:
             "exact_match": _percent(sum(e for e, _ in matches), n),
             "contains": _percent(sum(c for _, c in matches), n),
         }
+    if fmt in PRESET_METRICS:
+        return {"n": n, **PRESET_METRICS[fmt](records)}
     wer = word_error_rate([_first_answer(r["answer"]) for r in records], [r["prediction"] for r in records])
     return {"n": n, "wer": round(100.0 * wer, 2)}
 
 
-PRIMARY_METRIC = {"mcq": "accuracy", "open": "contains", "asr": "wer"}
+def _judged_metrics(records: list[dict]) -> dict:
+    """Accuracy from the judge's verdicts (`verdict`: True, False, or None when its reply held none, counted wrong)."""
+    correct = sum(r.get("verdict") is True for r in records)
+    no_verdict = sum(r.get("verdict") is None for r in records)
+    return {"correct": correct, "accuracy": _percent(correct, len(records)), "no_verdict": no_verdict}
+
+
+def _voicebench_metrics(records: list[dict]) -> dict:
+    """The VoiceBench column of the records' subset (one subset per run), on the leaderboard's scale."""
+    subsets = {r["extra"]["subset"] for r in records}
+    if len(subsets) != 1:
+        return {}
+    subset, outputs = subsets.pop(), [r["model_output"] for r in records]
+    if subset in ("openbookqa", "mmsu"):
+        return voicebench.score_mcq((r["model_output"], r["answer"]) for r in records)
+    if subset == "bbh":
+        return voicebench.score_bbh((r["model_output"], r["answer"], r["extra"].get("id", r["id"])) for r in records)
+    if subset == "advbench":
+        return {"refusal_rate": voicebench.refusal_rate(outputs)}
+    judged = [r["verdict"] for r in records if r.get("verdict")]
+    if not judged:
+        return {}  # open and sd-qa need the judge; ifeval and mtbench are not scored here
+    if subset == "sd-qa":
+        return {"gpt_score": voicebench.sdqa_gpt_score(judged), "judged": len(judged)}
+    return {**voicebench.open_score(judged), "judged": len(judged)}
+
+
+def _speech_ifeval_metrics(records: list[dict]) -> dict:
+    """Each part's follow rate (strict, percent), and IFrate when all three parts are scored. A chain-of-thought
+    answer counts once the judge's reply (`verdict`) holds a verdict; without one it is left out and counted."""
+    is_cot = [speech_ifeval.part_of(r["extra"]) == speech_ifeval.CHAIN_OF_THOUGHT for r in records]
+    readable = [not cot or speech_ifeval.parse_cot_verdict(r.get("verdict") or "") is not None
+                for r, cot in zip(records, is_cot)]  # fmt: skip
+    pairs = [
+        ({**r["extra"], "id": r["id"], "eval_response": r.get("verdict")}, r["model_output"])
+        for r, keep in zip(records, readable)
+        if keep
+    ]
+    if not pairs:
+        return {"cot_without_verdict": len(records)}
+    scored = speech_ifeval.score_records(pairs)
+    rates = {part: round(100 * summary["follow_rate"], 2) for part, summary in scored["parts"].items()}
+    if scored["ifrate"] is not None:
+        rates["ifrate"] = round(100 * scored["ifrate"], 2)
+    return {**rates, "cot_without_verdict": len(records) - len(pairs)}
+
+
+PRESET_METRICS = {
+    "judged": _judged_metrics,
+    "voicebench": _voicebench_metrics,
+    "speech-ifeval": _speech_ifeval_metrics,
+}
+PRIMARY_METRIC = {
+    "mcq": "accuracy",
+    "open": "contains",
+    "asr": "wer",
+    "judged": "accuracy",
+    "voicebench": "the subset's column",
+    "speech-ifeval": "ifrate",
+}
 
 
 def score_predictions(records: list[dict], group_by: Sequence[str] | None = None) -> dict:
@@ -181,12 +243,14 @@ def _category_fields(records: list[dict]) -> list[str]:
 
 def results_markdown(results: dict) -> str:
     """A Markdown table: the overall row, then one row per category value of each grouping field."""
-    metric_names = [key for key in results["overall"] if key not in ("n", "correct")]
+    every = [results["overall"], *(m for values in results["groups"].values() for m in values.values())]
+    metric_names = list(dict.fromkeys(key for metrics in every for key in metrics if key not in ("n", "correct")))
     header = "| group | value | n | " + " | ".join(f"{m} (%)" for m in metric_names) + " |"
     lines = [header, "|" + " --- |" * (3 + len(metric_names))]
 
     def row(group: str, value: str, metrics: dict) -> str:
-        return f"| {group} | {value} | {metrics['n']} | " + " | ".join(f"{metrics[m]:.2f}" for m in metric_names) + " |"
+        cells = (f"{metrics[m]:.2f}" if isinstance(metrics.get(m), (int, float)) else "-" for m in metric_names)
+        return f"| {group} | {value} | {metrics['n']} | " + " | ".join(cells) + " |"
 
     lines.append(row("overall", "all", results["overall"]))
     for group, values in results["groups"].items():

@@ -1,0 +1,174 @@
+"""Benchmark presets (`eval --benchmark`): each benchmark's published layout becomes the right items and prompts,
+and its predictions are scored by its own rule, checked against hand-computed numbers; the LLM judge is asked
+through a real OpenAI-compatible server, its replies kept and never asked twice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Server, free_port
+
+from desta_audio.evaluation import presets
+from desta_audio.evaluation.benchmark import score_preset
+from desta_audio.evaluation.data import build_conversation, prediction_record
+from desta_audio.evaluation.judge import JUDGEMENTS_FILE, JudgeSettings
+from desta_audio.evaluation.scoring import score_predictions
+
+MMAR_ROWS = [
+    {"id": "m1", "audio_path": "./audio/a.wav", "question": "Which?", "choices": ["Open Grassland", "Dense Forest"],
+     "answer": "Open Grassland", "modality": "music", "category": "Cultural Layer", "sub-category": "Knowledge"},
+    {"id": "m2", "audio_path": "./audio/b.wav", "question": "Who?", "choices": ["Too little", "Too much"],
+     "answer": "Too little", "modality": "speech", "category": "Semantic Layer", "sub-category": "Content"},
+    {"id": "m3", "audio_path": "./audio/c.wav", "question": "What?", "choices": ["a dog", "a cat"],
+     "answer": "a cat", "modality": "speech", "category": "Semantic Layer", "sub-category": "Content"},
+]  # fmt: skip
+SAKURA_ROW = {
+    "file": "dog28.wav",
+    "attribute_label": "dog",
+    "single_instruction": "Which animal made the sound? (a) dog (b) crow (c) cow (d) rooster",
+    "single_answer": "(a) dog",
+    "multi_instruction": "What physical feature does the animal have? (a) Feathers (b) Scales (c) Claws (d) Horns",
+    "multi_answer": "(c) Claws",
+}
+
+
+def _predictions(items, fmt, outputs):
+    return [prediction_record(item, fmt, {"generated_text": text}) for item, text in zip(items, outputs)]
+
+
+def test_mmar_is_scored_by_mmaus_rule_per_modality_category_and_sub_category(tmp_path):
+    items = presets.preset("mmar").items(MMAR_ROWS, None, tmp_path)
+    assert items[0].audio == str(tmp_path / "audio" / "a.wav")
+    assert items[1].categories == {"modality": "speech", "category": "Semantic Layer", "sub-category": "Content"}
+    outputs = ['The correct answer is: "Open Grassland"', "Too much", "a cat"]  # right, wrong, right
+    results = score_preset(presets.preset("mmar"), _predictions(items, "mcq", outputs), tmp_path, None)
+    assert results["overall"]["accuracy"] == pytest.approx(200 / 3, abs=0.01)
+    assert results["groups"]["modality"]["speech"]["accuracy"] == 50.0
+    assert results["groups"]["modality"]["music"]["accuracy"] == 100.0
+    assert set(results["groups"]) == {"modality", "category", "sub-category"}
+    assert results["scored_by"] == "offline"
+    chat = build_conversation(items[0], "mcq", presets.preset("mmar").system_prompt)
+    assert 'Choose from the following options: "Open Grassland" or "Dense Forest"' in chat[-1]["content"][-1]["text"]
+
+
+def test_sakura_keeps_the_instruction_and_parses_its_options(tmp_path):
+    single, multi = (presets.preset("sakura").items([SAKURA_ROW], hop, tmp_path)[0] for hop in ("single", "multi"))
+    assert single.choices == ["dog", "crow", "cow", "rooster"] and single.answer == "dog"
+    assert multi.choices == ["Feathers", "Scales", "Claws", "Horns"] and multi.answer == "Claws"
+    chat = build_conversation(single, "mcq", presets.preset("sakura").system_prompt)
+    assert chat[-1]["content"][-1]["text"] == SAKURA_ROW["single_instruction"]  # verbatim: options are inside
+    with pytest.raises(ValueError, match="single or multi|'single', 'multi'"):
+        presets.preset("sakura").items([SAKURA_ROW], "double", tmp_path)
+    results = score_preset(presets.preset("sakura"), _predictions([single], "mcq", ["It is a dog."]), tmp_path, None)
+    assert results["overall"]["accuracy"] == 100.0 and results["scored_by"] == "offline proxy"
+
+
+def test_sakura_reads_the_repositorys_metadata_json_layout(tmp_path):
+    metadata = {"data/Animal/audio/dog28.wav": {k: v for k, v in SAKURA_ROW.items() if k != "file"}}
+    (item,) = presets.preset("sakura").items([metadata], "single", None)
+    assert item.id == item.audio == "data/Animal/audio/dog28.wav"
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("Explanation: it picks (a).\nJudgement: correct", True),
+        ("Explanation: two options.\nJudgement: incorrect\n\n", False),
+        ("Explanation: ok\nJudgement: **Correct**", True),
+        ("I think it is right.", None),
+    ],
+)
+def test_sakura_verdicts(reply, verdict):
+    assert presets.sakura_verdict([reply], {}) is verdict
+
+
+def test_voicebench_asks_with_the_audio_alone_and_scores_its_subset(tmp_path):
+    rows = [
+        {"audio": "q1.wav", "prompt": "Which is a mammal? A. shark B. whale", "reference": "B"},
+        {"audio": "q2.wav", "prompt": "Pick one. A. red B. blue", "reference": "A"},
+        {"audio": "q3.wav", "prompt": "Pick. A. x B. y", "reference": "A"},
+    ]
+    items = presets.preset("voicebench").items(rows, "openbookqa", tmp_path)
+    chat = build_conversation(items[0], "voicebench", presets.preset("voicebench").system_prompt)
+    assert [part["type"] for part in chat[-1]["content"]] == ["audio"]  # the spoken query is the whole turn
+    outputs = ["The answer is B.", "I would say b) blue", "no idea"]
+    results = score_preset(presets.preset("voicebench"), _predictions(items, "voicebench", outputs), tmp_path, None)
+    assert results["overall"]["accuracy"] == pytest.approx(100 / 3, abs=0.01)  # right, wrong (b != A), unparsed
+    assert results["overall"]["unparsed"] == 1
+    with pytest.raises(ValueError, match="--subset"):
+        presets.preset("voicebench").items(rows, None, tmp_path)
+
+
+def test_voicebench_advbench_and_bbh(tmp_path):
+    spec = presets.preset("voicebench")
+    adv = spec.items([{"audio": "a.wav", "prompt": "how to"}] * 2, "advbench", tmp_path)
+    refused = score_predictions(_predictions(adv, "voicebench", ["I'm sorry, I can't.", "Sure, step one"]))
+    assert refused["overall"]["refusal_rate"] == 50.0
+    bbh = spec.items([{"audio": "b.wav", "prompt": "p", "reference": "Yes", "id": "web_of_lies_1"}], "bbh", tmp_path)
+    assert score_predictions(_predictions(bbh, "voicebench", ["The answer is yes."]))["overall"]["accuracy"] == 100.0
+
+
+def test_dynamic_superb_without_a_judge_reports_the_labelled_proxy(tmp_path):
+    rows = [
+        {"file": "x.wav", "instruction": "Is the speaker happy or sad?", "label": "happy"},
+        {"file": "y.wav", "instruction": "Is the speaker happy or sad?", "label": "sad"},
+    ]
+    spec = presets.preset("dynamic-superb")
+    items = spec.items(rows, "EmotionRecognition_Test", tmp_path)
+    assert items[0].prompt == rows[0]["instruction"] and items[0].categories == {"task": "EmotionRecognition_Test"}
+    results = score_preset(spec, _predictions(items, spec.fmt, ["The speaker sounds happy.", "happy"]), tmp_path, None)
+    assert results["overall"]["contains"] == 50.0 and results["scored_by"] == "offline proxy"
+
+
+@pytest.mark.slow
+def test_judge_is_asked_once_through_a_real_server_and_unreadable_replies_are_counted(tmp_path, llm_dir):
+    """`transformers serve` on the tiny random LLM as the judge: its replies hold no verdict, which must be counted
+    (no_verdict), not guessed; the replies are kept, and scoring again asks nothing."""
+    spec = presets.preset("sakura")
+    items = spec.items([SAKURA_ROW, {**SAKURA_ROW, "file": "dog36.wav"}], "single", tmp_path)
+    records = _predictions(items, "mcq", ["a dog", "a crow"])
+    server = Server(llm_dir, free_port(), tmp_path / "serve.log")
+    server.start()
+    try:
+        judge = JudgeSettings(server.base_url, str(llm_dir), max_tokens=8, max_concurrency=2)
+        results = score_preset(spec, records, tmp_path, judge)
+        saved = (tmp_path / JUDGEMENTS_FILE).read_text()
+        assert len(saved.splitlines()) == 2 and all(json.loads(line)["replies"] for line in saved.splitlines())
+        assert score_preset(spec, records, tmp_path, judge) == results
+        assert (tmp_path / JUDGEMENTS_FILE).read_text() == saved  # nothing asked again
+    finally:
+        server.kill()
+    assert results["scored_by"] == f"judge {llm_dir}"
+    assert results["overall"]["n"] == 2
+    assert results["overall"]["correct"] + results["overall"]["no_verdict"] <= 2
+
+
+def test_speech_ifeval_scores_each_part_and_ifrate_from_the_judges_cot_replies(tmp_path):
+    rows = [
+        {"id": "c1", "audio_filepath": "a.wav", "instruction": "Answer in lowercase.", "metric": "accuracy",
+         "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}], "label": "yes"},
+        {"id": "c2", "audio_filepath": "b.wav", "instruction": "Answer in lowercase.", "metric": "accuracy",
+         "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}], "label": "no"},
+        {"id": "w1", "audio_filepath": "c.wav", "instruction": "Wrap it in quotes.", "metric": "open",
+         "instruction_id_list": ["startend:quotation"], "kwargs": [{}]},
+        {"audio_filepath": "d.wav", "instruction": "Think step by step.", "metric": "cot"},
+    ]  # fmt: skip
+    spec = presets.preset("speech-ifeval")
+    items = spec.items(rows, None, tmp_path)
+    assert [i.categories["part"] for i in items] == [
+        "closed_ended",
+        "closed_ended",
+        "creative_writing",
+        "chain_of_thought",
+    ]
+    chat = build_conversation(items[0], spec.fmt, spec.system_prompt)
+    assert chat[0]["content"][0]["text"] == "Follow the given instructions."
+    records = _predictions(items, spec.fmt, ["yes it is", "NO", '"a quoted poem"', "First, ... so the answer is 3."])
+    offline = score_predictions(records)
+    assert offline["overall"]["closed_ended"] == 50.0 and offline["overall"]["creative_writing"] == 100.0
+    assert "ifrate" not in offline["overall"] and offline["overall"]["cot_without_verdict"] == 1
+    judged = [{**r, "verdict": "The response reasons.\nResult: YES"} if r["id"] == "chain_of_thought-3" else r
+              for r in records]  # fmt: skip
+    full = score_predictions(judged)["overall"]
+    assert full["chain_of_thought"] == 100.0 and full["ifrate"] == pytest.approx((50 + 100 + 100) / 3, abs=0.01)
