@@ -172,3 +172,21 @@ def test_speech_ifeval_scores_each_part_and_ifrate_from_the_judges_cot_replies(t
               for r in records]  # fmt: skip
     full = score_predictions(judged)["overall"]
     assert full["chain_of_thought"] == 100.0 and full["ifrate"] == pytest.approx((50 + 100 + 100) / 3, abs=0.01)
+
+
+def test_cli_runs_a_preset_end_to_end_and_resumes(saved_model_dir, audio_dir, tmp_path, capsys):
+    from desta_audio import cli
+
+    rows = [{**row, "audio_path": str(audio_dir / name)} for row, name in zip(MMAR_ROWS, ("hello.wav", "tone.wav"))]
+    data = tmp_path / "MMAR-meta.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["eval", "--benchmark", "mmar", "--model", str(saved_model_dir), "--data-file", str(data), "--no-asr",
+            "--output-dir", str(tmp_path / "out"), "--max-new-tokens", "4", "--device", "cpu"]  # fmt: skip
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["benchmark"] == "mmar" and results["overall"]["n"] == 2
+    assert set(results["groups"]) == {"modality", "category", "sub-category"}
+    assert "| modality | speech |" in capsys.readouterr().out
+    predictions = (tmp_path / "out" / "predictions.jsonl").read_text()
+    assert cli.main(args) == 0  # everything answered: nothing is asked again
+    assert (tmp_path / "out" / "predictions.jsonl").read_text() == predictions
