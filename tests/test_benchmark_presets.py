@@ -95,7 +95,7 @@ def test_voicebench_asks_with_the_audio_alone_and_scores_its_subset(tmp_path):
     outputs = ["The answer is B.", "I would say b) blue", "no idea"]
     results = score_preset(presets.preset("voicebench"), _predictions(items, "voicebench", outputs), tmp_path, None)
     assert results["overall"]["accuracy"] == pytest.approx(100 / 3, abs=0.01)  # right, wrong (b != A), unparsed
-    assert results["overall"]["unparsed"] == 1
+    assert results["overall"]["unparsed"] == 1 and results["scored_by"] == "offline"
     with pytest.raises(ValueError, match="--subset"):
         presets.preset("voicebench").items(rows, None, tmp_path)
 
@@ -111,14 +111,23 @@ def test_voicebench_advbench_and_bbh(tmp_path):
 
 def test_dynamic_superb_without_a_judge_reports_the_labelled_proxy(tmp_path):
     rows = [
-        {"file": "x.wav", "instruction": "Is the speaker happy or sad?", "label": "happy"},
-        {"file": "y.wav", "instruction": "Is the speaker happy or sad?", "label": "sad"},
+        {
+            "file": "x.wav",
+            "instruction": "How does the speaker feel? The answer could be happy or sad.",
+            "label": "happy",
+        },
+        {
+            "file": "y.wav",
+            "instruction": "How does the speaker feel? The answer could be happy or sad.",
+            "label": "sad",
+        },
     ]
     spec = presets.preset("dynamic-superb")
     items = spec.items(rows, "EmotionRecognition_Test", tmp_path)
     assert items[0].prompt == rows[0]["instruction"] and items[0].categories == {"task": "EmotionRecognition_Test"}
-    results = score_preset(spec, _predictions(items, spec.fmt, ["The speaker sounds happy.", "happy"]), tmp_path, None)
-    assert results["overall"]["contains"] == 50.0 and results["scored_by"] == "offline proxy"
+    outputs = ["The speaker sounds happy.", "happy, or maybe sad"]  # right; two options named: wrong
+    results = score_preset(spec, _predictions(items, spec.fmt, outputs), tmp_path, None)
+    assert results["overall"]["accuracy"] == 50.0 and results["scored_by"] == "offline proxy"
 
 
 @pytest.mark.slow

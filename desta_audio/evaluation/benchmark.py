@@ -207,7 +207,7 @@ def evaluate_preset(
 
     `judge` (an OpenAI-compatible endpoint and model) scores what the benchmark scores by an LLM; without it such a
     benchmark reports its offline proxy where it has one (SAKURA: MMAU's rule on the listed options; Dynamic-SUPERB:
-    the label found in the answer), labelled as such in `results.json` (`scored_by`)."""
+    the same rule on the options its instruction lists), labelled as such in `results.json` (`scored_by`)."""
     spec = preset(name)
     config = subset if spec.subset_is_config else None
     records = load_records(data_file, dataset, split, config)
@@ -237,9 +237,10 @@ def score_preset(spec, records: list[dict], output_dir, judge: JudgeSettings | N
     """Score a preset's predictions: with its judge's verdicts when it has a judge and one is given, else offline."""
     group_by = list(spec.group_by)
     if spec.judging is None or judge is None:
-        fmt = "open" if spec.fmt == "judged" else spec.fmt  # Dynamic-SUPERB's proxy: the label in the answer
-        results = score_predictions([{**r, "format": fmt} for r in records], group_by)
-        proxy = spec.judging is not None or spec.fmt == "judged"
+        if spec.offline_verdict is not None:
+            records = [{**r, "verdict": spec.offline_verdict(r)} for r in records]
+        results = score_predictions([{**r, "format": spec.fmt} for r in records], group_by)
+        proxy = spec.judging is not None and spec.fmt in ("mcq", "judged")  # SAKURA, Dynamic-SUPERB
         return {**results, "benchmark": spec.name, "scored_by": "offline proxy" if proxy else "offline"}
     settings = replace(
         judge, samples=spec.judging.samples, temperature=spec.judging.temperature, top_p=spec.judging.top_p

@@ -8,10 +8,11 @@ Face dataset, `DynamicSuperb/<Task>_<Dataset>`, used only as its `test` split, w
 the instruction and writes free text. Classification tasks list their answers in the instruction: contributors are
 told to append "The answer could be ..." (the task-submission guide), which `instruction_options` reads.
 
-How a task declares its metric. Each instance has an `instance.json` (`path`: the HF dataset, `version`: its commit,
-`metrics`: a list of metric names, plus `name`, `description`, `keywords`), under
-`dynamic_superb/benchmark_tasks/<Task>/<Task>_<Dataset>/` in the official repository; the paper's appendix lists the
-180 tasks. Scores are submitted per instance as `{"name", "scores": [{"metric", "value", "version", "seen"}]}`.
+How a task declares its metric. Per the project site's task-submission guide, each instance has an `instance.json`
+(`path`: the HF dataset, `version`: its commit, `metrics`: a list of metric names, plus `name`, `description`,
+`keywords`) under `dynamic_superb/benchmark_tasks/<Task>/<Task>_<Dataset>/` in the official repository; the guide
+links a `task_list.md` of all tasks, and the paper's appendix lists the 180 tasks. Scores are submitted per instance
+as `{"name", "scores": [{"metric", "value", "version", "seen"}]}`.
 The paper (section 4.2) scores three kinds of task:
 - classification: an LLM referee (GPT-4o, temperature 0) reasons, then says whether the model's output matches the
   ground truth; the task's accuracy is the share judged correct. Here: `judge_prompt`, `parse_verdict`,
@@ -36,11 +37,12 @@ What the sources left open (read them before comparing numbers):
   have it (fields `{instruction}`, `{label}`, `{response}`), and `parse_verdict` reads only this module's verdict
   line. The judge's GPT-4o snapshot is not stated in what could be read.
 - The single number. As far as could be verified, the Phase-2 paper reports no overall score: it compares models per
-  task and per domain (Fig. 3, relative to the Whisper + LLaMA cascade). Papers that quote one number, such as
-  DeSTA2.5-Audio's 69.53, do not say in what could be read how it is formed; the usual reading is the unweighted mean
-  of task accuracies over the classification tasks. `aggregate` gives that mean (`overall`, the headline) and, with
-  a task-to-domain map, the per-domain means and their unweighted mean (`domain_macro`), so either reading can be
-  reported. Which tasks go in (all classification tasks, or a subset) changes the number as much as the formula.
+  task and per domain (Fig. 3; a summary of the paper describes the comparison as relative to its Whisper + LLaMA
+  cascade baseline). Papers that quote one number, such as DeSTA2.5-Audio's 69.53, do not say in what could be read
+  how it is formed; the usual reading is the unweighted mean of task accuracies over the classification tasks.
+  `aggregate` gives that mean (`overall`, the headline) and, with a task-to-domain map, the per-domain means and
+  their unweighted mean (`domain_macro`), so either reading can be reported. Which tasks go in (all classification
+  tasks, or a subset) changes the number as much as the formula.
 
 On your own outputs (one response string per dataset item)::
 

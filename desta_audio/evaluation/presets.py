@@ -13,7 +13,7 @@ are documented where known; `--system-prompt` and `--max-new-tokens` override th
 | speech-ifeval | `kehanlu/Speech-IFEval` JSONL + audio | offline checkers; CoT by judge | IFrate (mean of the parts) |
 | sakura | `SLLM-multi-hop/<Track>QA`, or the repo's `metadata.json`/`.csv` | judge (official), MMAU rule on the listed options (proxy) | accuracy per track and hop |
 | voicebench | `hlt-lab/voicebench`, `--subset NAME` | offline (mcq, bbh, advbench); judge (open, sd-qa) | the subset's column |
-| dynamic-superb | `DynamicSuperb/<Task>_<Dataset>` | judge (official), label match (proxy) | accuracy per task |
+| dynamic-superb | `DynamicSuperb/<Task>_<Dataset>` | judge (our restated prompt), options match (proxy) | accuracy per task |
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from ..dataset_loading import resolve_audio_path
-from . import speech_ifeval
+from . import dynamic_superb, speech_ifeval
 from . import voicebench as vb
 from .data import AUDIO_COLUMN_CANDIDATES, MMAU_SYSTEM_PROMPT, BenchmarkColumns, EvalItem, build_items
 
@@ -53,6 +53,8 @@ class Preset:
     group_by: tuple[str, ...] = ()
     subsets: tuple[str, ...] = ()
     judging: Judging | None = None
+    # Without a judge: a verdict per prediction record by an offline rule (a proxy), where the benchmark has none.
+    offline_verdict: Callable[[dict], bool] | None = None
     notes: str = ""
     # VoiceBench publishes one dataset configuration per subset: --subset is also the configuration to load.
     subset_is_config: bool = False
@@ -250,6 +252,19 @@ def dynamic_superb_items(records, subset, audio_root) -> list[EvalItem]:
     return items
 
 
+def dynamic_superb_messages(record: dict) -> list[dict]:
+    prompt = dynamic_superb.judge_prompt(record["question"], record["answer"], record["model_output"])
+    return [{"role": "user", "content": prompt}]
+
+
+def dynamic_superb_verdict(replies: list[str], record: dict) -> bool | None:
+    return dynamic_superb.parse_verdict(replies[0]) if replies else None
+
+
+def dynamic_superb_proxy(record: dict) -> bool:
+    return dynamic_superb.proxy_correct(record["model_output"], record["answer"], record["question"])
+
+
 def _first_audio_column(record: dict) -> str:
     for name in AUDIO_COLUMN_CANDIDATES:
         if name in record:
@@ -285,6 +300,9 @@ PRESETS = {
     "dynamic-superb": Preset(
         "dynamic-superb", "DynamicSuperb/<Task>_<Dataset> (split test)", "judged", dynamic_superb_items,
         DEFAULT_SYSTEM_PROMPT, 512, group_by=("task",),
+        judging=Judging(dynamic_superb_messages, dynamic_superb_verdict),
+        offline_verdict=dynamic_superb_proxy,
+        notes="The judge prompt is a restatement (the official one could not be read); see dynamic_superb.py.",
     ),
 }  # fmt: skip
 
