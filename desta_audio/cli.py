@@ -353,6 +353,10 @@ def run_preset(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     """Run the mode `args` selects, write JSON + Markdown into --output-dir, print the Markdown table."""
     logging.getLogger("desta_audio.evaluation").setLevel(logging.INFO)
+    if args.rescore and args.benchmark:
+        results = ev.rescore_preset(args.benchmark, args.rescore, args.output_dir)
+        sys.stdout.write(ev.results_markdown(results))
+        return 0
     if args.rescore:
         results = ev.rescore(args.rescore, args.output_dir, args.category_columns)
         sys.stdout.write(ev.results_markdown(results))

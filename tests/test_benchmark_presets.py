@@ -131,12 +131,17 @@ def test_dynamic_superb_without_a_judge_reports_the_labelled_proxy(tmp_path):
 
 
 @pytest.mark.slow
-def test_judge_is_asked_once_through_a_real_server_and_unreadable_replies_are_counted(tmp_path, llm_dir):
+def test_judge_is_asked_once_through_a_real_server_and_rescore_needs_no_server(tmp_path, llm_dir):
     """`transformers serve` on the tiny random LLM as the judge: its replies hold no verdict, which must be counted
-    (no_verdict), not guessed; the replies are kept, and scoring again asks nothing."""
+    (no_verdict), not guessed; the replies are kept, scoring again asks nothing, and once the server is gone
+    `eval --rescore ... --benchmark` still scores from the kept replies."""
+    from desta_audio import cli
+    from desta_audio.evaluation.benchmark import rescore_preset
+
     spec = presets.preset("sakura")
     items = spec.items([SAKURA_ROW, {**SAKURA_ROW, "file": "dog36.wav"}], "single", tmp_path)
     records = _predictions(items, "mcq", ["a dog", "a crow"])
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     server = Server(llm_dir, free_port(), tmp_path / "serve.log")
     server.start()
     try:
@@ -148,39 +153,72 @@ def test_judge_is_asked_once_through_a_real_server_and_unreadable_replies_are_co
         assert (tmp_path / JUDGEMENTS_FILE).read_text() == saved  # nothing asked again
     finally:
         server.kill()
-    assert results["scored_by"] == f"judge {llm_dir}"
+    assert results["scored_by"] == f"judge {llm_dir}" and results["judge"]["comparable_with_paper"] is False
     assert results["overall"]["n"] == 2
     assert results["overall"]["correct"] + results["overall"]["no_verdict"] <= 2
+    assert rescore_preset("sakura", tmp_path / "predictions.jsonl", tmp_path / "again") == results
+    assert cli.main(["eval", "--rescore", str(tmp_path / "predictions.jsonl"), "--benchmark", "sakura",
+                     "--output-dir", str(tmp_path / "cli")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "cli" / "results.json").read_text()) == results
 
 
-def test_speech_ifeval_scores_each_part_and_ifrate_from_the_judges_cot_replies(tmp_path):
+def test_rescore_reads_speech_ifevals_own_output_files(tmp_path):
+    from desta_audio.evaluation.benchmark import rescore_preset
+
     rows = [
-        {"id": "c1", "audio_filepath": "a.wav", "instruction": "Answer in lowercase.", "metric": "accuracy",
-         "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}], "label": "yes"},
-        {"id": "c2", "audio_filepath": "b.wav", "instruction": "Answer in lowercase.", "metric": "accuracy",
-         "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}], "label": "no"},
-        {"id": "w1", "audio_filepath": "c.wav", "instruction": "Wrap it in quotes.", "metric": "open",
-         "instruction_id_list": ["startend:quotation"], "kwargs": [{}]},
-        {"audio_filepath": "d.wav", "instruction": "Think step by step.", "metric": "cot"},
+        {"id": "1", "instruction": "Answer in lowercase.", "metric": "accuracy", "label": "a",
+         "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}], "response": "all lowercase here"},
+        {"id": "2", "instruction": "Answer in lowercase.", "metric": "accuracy", "label": "b",
+         "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}], "response": "Not Lowercase"},
+        {"instruction": "Think.", "metric": "cot", "response": "Step 1 ...", "eval_response": "Reasoned.\nResult: NO"},
     ]  # fmt: skip
-    spec = presets.preset("speech-ifeval")
-    items = spec.items(rows, None, tmp_path)
-    assert [i.categories["part"] for i in items] == [
-        "closed_ended",
-        "closed_ended",
-        "creative_writing",
-        "chain_of_thought",
-    ]
-    chat = build_conversation(items[0], spec.fmt, spec.system_prompt)
-    assert chat[0]["content"][0]["text"] == "Follow the given instructions."
-    records = _predictions(items, spec.fmt, ["yes it is", "NO", '"a quoted poem"', "First, ... so the answer is 3."])
-    offline = score_predictions(records)
-    assert offline["overall"]["closed_ended"] == 50.0 and offline["overall"]["creative_writing"] == 100.0
-    assert "ifrate" not in offline["overall"] and offline["overall"]["cot_without_verdict"] == 1
-    judged = [{**r, "verdict": "The response reasons.\nResult: YES"} if r["id"] == "chain_of_thought-3" else r
-              for r in records]  # fmt: skip
-    full = score_predictions(judged)["overall"]
-    assert full["chain_of_thought"] == 100.0 and full["ifrate"] == pytest.approx((50 + 100 + 100) / 3, abs=0.01)
+    path = tmp_path / "closed_and_cot.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    overall = rescore_preset("speech-ifeval", path)["overall"]
+    assert overall["closed_ended"] == 50.0 and overall["chain_of_thought"] == 0.0
+    assert overall["cot_without_verdict"] == 0 and (tmp_path / "results.json").exists()
+
+
+def test_rescore_reads_sakuras_own_results_file(tmp_path):
+    from desta_audio.evaluation.benchmark import rescore_preset
+
+    instruction = SAKURA_ROW["single_instruction"]
+    results = {"attribute": "animal", "type": "single", "results": {
+        "dog28.wav": {"instruction": instruction, "response": "It is a dog.", "label": "(a) dog"},
+        "cow1.wav": {"instruction": instruction, "response": "crow or cow", "label": "(c) cow"},
+    }}  # fmt: skip
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(results))
+    scored = rescore_preset("sakura", path)
+    assert scored["overall"]["accuracy"] == 50.0 and scored["scored_by"] == "offline proxy"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["speech-ifeval", "sakura", "voicebench", "dynamic-superb", "mmau"])
+def test_each_preset_runs_end_to_end_resumes_and_rescores_equal(name, saved_model_dir, audio_dir, tmp_path):
+    """Tiny synthetic data in each benchmark's published schema, the tiny model, greedy, no judge."""
+    from desta_audio.evaluation.benchmark import evaluate_preset, rescore_preset
+
+    clip = str(audio_dir / "hello.wav")
+    data, subset = {
+        "speech-ifeval": ([{"id": "1", "audio_filepath": clip, "instruction": "Say it in lowercase.",
+                            "metric": "accuracy", "instruction_id_list": ["change_case:english_lowercase"],
+                            "kwargs": [{}], "label": "x", "dataset": "toy"}], None),
+        "sakura": ({clip: {k: v for k, v in SAKURA_ROW.items() if k != "file"}}, "multi"),
+        "voicebench": ([{"audio": clip, "prompt": "Pick. A. x B. y", "reference": "A"}], "openbookqa"),
+        "dynamic-superb": ([{"file": clip, "instruction": "The answer could be happy or sad.", "label": "happy"}],
+                           "Emotion_Toy"),
+        "mmau": ([{"id": "q", "audio_id": clip, "question": "What?", "choices": ["a", "b"], "answer": "a",
+                   "task": "sound"}], None),
+    }[name]  # fmt: skip
+    data_file = tmp_path / ("data.json" if isinstance(data, dict) else "data.jsonl")
+    text = json.dumps(data) if isinstance(data, dict) else "".join(json.dumps(row) + "\n" for row in data)
+    data_file.write_text(text)
+    options = {"data_file": data_file, "subset": subset, "device": "cpu", "max_new_tokens": 4, "no_asr": True}
+    fresh = evaluate_preset(name, saved_model_dir, tmp_path / "out", **options)
+    assert fresh["benchmark"] == name and fresh["overall"]["n"] == 1
+    assert evaluate_preset(name, saved_model_dir, tmp_path / "out", **options) == fresh  # resumed: nothing asked
+    assert rescore_preset(name, tmp_path / "out" / "predictions.jsonl", tmp_path / "rescored") == fresh
 
 
 def test_cli_runs_a_preset_end_to_end_and_resumes(saved_model_dir, audio_dir, tmp_path, capsys):

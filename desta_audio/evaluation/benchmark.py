@@ -30,9 +30,9 @@ from .data import (
     prediction_record,
     resolve_system_prompt,
 )
-from .judge import JudgeSettings, judge_records
-from .presets import preset
-from .scoring import read_predictions, score_predictions, write_results
+from .judge import JudgeSettings, judge_model_of, judge_records, saved_replies
+from .presets import own_output_records, preset
+from .scoring import load_prediction_records, read_predictions, score_predictions, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +209,7 @@ def evaluate_preset(
     benchmark reports its offline proxy where it has one (SAKURA: MMAU's rule on the listed options; Dynamic-SUPERB:
     the same rule on the options its instruction lists), labelled as such in `results.json` (`scored_by`)."""
     spec = preset(name)
-    config = subset if spec.subset_is_config else None
-    records = load_records(data_file, dataset, split, config)
+    records = _preset_records(data_file, dataset, split, subset if spec.subset_is_config else None)
     if limit is not None:
         records = records.select(range(min(limit, len(records)))) if hasattr(records, "select") else records[:limit]
     if audio_root is None and data_file is not None:
@@ -233,20 +232,50 @@ def evaluate_preset(
     )
 
 
+def _preset_records(data_file, dataset, split: str, config: str | None):
+    """`load_records`, plus a JSON object keyed by audio path (SAKURA's `metadata.json`) as one keyed record."""
+    if data_file is not None and str(data_file).endswith(".json") and Path(data_file).is_file():
+        content = json.loads(Path(data_file).read_text(encoding="utf-8"))
+        if isinstance(content, dict):
+            return [content]
+    return load_records(data_file, dataset, split, config)
+
+
 def score_preset(spec, records: list[dict], output_dir, judge: JudgeSettings | None) -> dict:
-    """Score a preset's predictions: with its judge's verdicts when it has a judge and one is given, else offline."""
-    group_by = list(spec.group_by)
+    """Score a preset's predictions: with its judge's verdicts when it has a judge and one is given (asking only what
+    `judgements.jsonl` does not hold yet), else offline."""
     if spec.judging is None or judge is None:
+        return _scored(spec, records, None, None)
+    settings = replace(
+        judge, samples=spec.judging.samples, temperature=spec.judging.temperature, top_p=spec.judging.top_p
+    )
+    return _scored(spec, records, judge_records(records, spec.judging.messages, settings, output_dir), judge.model)
+
+
+def rescore_preset(name: str, predictions_path: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> dict:
+    """Score saved predictions of a preset again, with no model and no judge: the verdicts saved in
+    `judgements.jsonl` beside them count (items never judged are scored as unjudged). Also reads the benchmark's
+    own output files where the preset knows their layout (`presets.own_output_records`)."""
+    spec = preset(name)
+    folder = Path(predictions_path).parent
+    records = own_output_records(spec.name, predictions_path) or load_prediction_records(predictions_path)
+    replies = saved_replies(records, spec.judging.messages, folder) if spec.judging else {}
+    results = _scored(spec, records, replies or None, judge_model_of(folder) if replies else None)
+    write_results(results, output_dir or folder)
+    return results
+
+
+def _scored(spec, records: list[dict], replies: dict[str, list[str]] | None, judge_model: str | None) -> dict:
+    group_by = list(spec.group_by)
+    if replies is None:
         if spec.offline_verdict is not None:
             records = [{**r, "verdict": spec.offline_verdict(r)} for r in records]
         results = score_predictions([{**r, "format": spec.fmt} for r in records], group_by)
         proxy = spec.judging is not None and spec.fmt in ("mcq", "judged")  # SAKURA, Dynamic-SUPERB
         return {**results, "benchmark": spec.name, "scored_by": "offline proxy" if proxy else "offline"}
-    settings = replace(
-        judge, samples=spec.judging.samples, temperature=spec.judging.temperature, top_p=spec.judging.top_p
-    )
-    replies = judge_records(records, spec.judging.messages, settings, output_dir)
     judged = [{**r, "verdict": spec.judging.verdict(replies[r["id"]], r)} if r["id"] in replies else r for r in records]
     fmt = "judged" if spec.fmt in ("mcq", "judged") else spec.fmt
     results = score_predictions([{**r, "format": fmt} for r in judged], group_by)
-    return {**results, "benchmark": spec.name, "scored_by": f"judge {judge.model}"}
+    comparable = spec.judging.model is not None and judge_model == spec.judging.model
+    judge = {"model": judge_model, "protocol_model": spec.judging.model, "comparable_with_paper": comparable}
+    return {**results, "benchmark": spec.name, "scored_by": f"judge {judge_model}", "judge": judge}

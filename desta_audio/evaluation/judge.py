@@ -2,8 +2,9 @@
 
 The judge is called through the dataset builder's transport (`OpenAIGenerator`: retries with backoff, size and time
 caps, the key from an environment variable). Every reply is kept in `judgements.jsonl` beside the predictions, one
-line per item with the exact prompt's hash, so a stopped run resumes without asking again, a changed prompt or
-prediction is asked again, and `rescore` re-reads verdicts without calling anyone.
+line per item with the judge model and the exact prompt's hash, so a stopped run resumes without asking again, a
+changed prompt, prediction or judge is asked again, and `saved_replies` re-reads verdicts without calling anyone
+(`eval --rescore ... --benchmark NAME`).
 """
 
 from __future__ import annotations
@@ -55,19 +56,35 @@ def judge_records(
 ) -> dict[str, list[str]]:
     """The judge's replies (`settings.samples` each) for every record `build_messages` gives a prompt to, asking
     only for those without a saved reply to the same prompt; returns replies by record id."""
-    saved = read_judgements(output_dir)
     prompts = {r["id"]: messages for r in records if (messages := build_messages(r)) is not None}
-    todo = [i for i, m in prompts.items() if saved.get(i, {}).get("prompt_sha256") != prompt_hash(m)]
+    answered = saved_replies(records, build_messages, output_dir, settings.model)
+    todo = [i for i in prompts if i not in answered]
     if todo:
-        logger.info(
-            "asking the judge %s about %d item(s) (%d already judged)",
-            settings.model,
-            len(todo),
-            len(prompts) - len(todo),
-        )
+        logger.info("asking the judge %s about %d item(s) (%d judged before)", settings.model, len(todo), len(answered))
         _ask(todo, prompts, settings, Path(output_dir) / JUDGEMENTS_FILE)
-        saved = read_judgements(output_dir)
-    return {i: saved[i]["replies"] for i in prompts if i in saved}
+        answered = saved_replies(records, build_messages, output_dir, settings.model)
+    return answered
+
+
+def saved_replies(
+    records: Sequence[dict], build_messages: Callable[[dict], list[dict] | None], output_dir, model: str | None = None
+) -> dict[str, list[str]]:
+    """Saved replies to exactly the prompts these records make now (by `model`, or by whichever judge answered)."""
+    saved = read_judgements(output_dir)
+    replies = {}
+    for record in records:
+        messages, row = build_messages(record), saved.get(record["id"])
+        if messages is None or row is None or row["prompt_sha256"] != prompt_hash(messages):
+            continue
+        if model is None or row.get("judge_model") == model:
+            replies[record["id"]] = row["replies"]
+    return replies
+
+
+def judge_model_of(output_dir) -> str | None:
+    """The judge that answered the saved judgements (None when none are saved)."""
+    models = {row.get("judge_model") for row in read_judgements(output_dir).values()}
+    return ", ".join(sorted(m for m in models if m)) or None
 
 
 def _ask(ids: list[str], prompts: dict[str, list[dict]], settings: JudgeSettings, path: Path) -> None:
@@ -88,7 +105,12 @@ def _ask(ids: list[str], prompts: dict[str, list[dict]], settings: JudgeSettings
                 conversations = [prompts[i] for i in batch]
                 samples = [client.generate(conversations, seed=k) for k in range(settings.samples)]
                 sink.write(
-                    {"id": i, "prompt_sha256": prompt_hash(prompts[i]), "replies": [_reply(s[n]) for s in samples]}
+                    {
+                        "id": i,
+                        "judge_model": settings.model,
+                        "prompt_sha256": prompt_hash(prompts[i]),
+                        "replies": [_reply(s[n]) for s in samples],
+                    }
                     for n, i in enumerate(batch)
                 )
     finally:

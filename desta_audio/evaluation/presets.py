@@ -18,9 +18,11 @@ are documented where known; `--system-prompt` and `--max-new-tokens` override th
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from processing import DEFAULT_SYSTEM_PROMPT
 
@@ -37,6 +39,7 @@ class Judging:
 
     messages: Callable[[dict], list[dict] | None]
     verdict: Callable[[list[str], dict], object]
+    model: str | None  # the judge the benchmark's authors used (None: our prompt is a restatement, never comparable)
     samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
@@ -282,25 +285,25 @@ PRESETS = {
     "speech-ifeval": Preset(
         "speech-ifeval", "kehanlu/Speech-IFEval (JSONL + audios.tar)", "speech-ifeval", speech_ifeval_items,
         SPEECH_IFEVAL_SYSTEM_PROMPT, 2048, group_by=("part",),
-        judging=Judging(speech_ifeval_messages, speech_ifeval_verdict),
+        judging=Judging(speech_ifeval_messages, speech_ifeval_verdict, speech_ifeval.COT_JUDGE_MODEL),
     ),
     "sakura": Preset(
         "sakura", "SLLM-multi-hop/{Animal,Emotion,Gender,Language}QA (split test)", "mcq", sakura_items,
         DEFAULT_SYSTEM_PROMPT, 512, group_by=("hop", "attribute"), subsets=SAKURA_HOPS,
-        judging=Judging(sakura_messages, sakura_verdict, top_p=0.9),
+        judging=Judging(sakura_messages, sakura_verdict, "gpt-4o-2024-11-20", top_p=0.9),
         notes="Official score: the judge. Without --judge-base-url the MMAU rule on the listed options is reported, "
         "labelled a proxy.",
     ),
     "voicebench": Preset(
         "voicebench", "hlt-lab/voicebench (--subset, split test; sd-qa: --split usa ...)", "voicebench",
         voicebench_items, DEFAULT_SYSTEM_PROMPT, 1024, group_by=("subset",), subsets=VOICEBENCH_SUBSETS,
-        judging=Judging(voicebench_messages, voicebench_verdict, samples=3, temperature=0.5, top_p=0.95),
+        judging=Judging(voicebench_messages, voicebench_verdict, vb.JUDGE_MODEL, samples=3, temperature=0.5, top_p=0.95),
         subset_is_config=True,
     ),
     "dynamic-superb": Preset(
         "dynamic-superb", "DynamicSuperb/<Task>_<Dataset> (split test)", "judged", dynamic_superb_items,
         DEFAULT_SYSTEM_PROMPT, 512, group_by=("task",),
-        judging=Judging(dynamic_superb_messages, dynamic_superb_verdict),
+        judging=Judging(dynamic_superb_messages, dynamic_superb_verdict, None),
         offline_verdict=dynamic_superb_proxy,
         notes="The judge prompt is a restatement (the official one could not be read); see dynamic_superb.py.",
     ),
@@ -311,3 +314,50 @@ def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"Unknown benchmark {name!r}; known: {', '.join(PRESETS)}.")
     return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------- the benchmarks' own output files
+def own_output_records(name: str, path) -> list[dict] | None:
+    """Prediction records from a benchmark's own output file, so published outputs can be scored by our scorers
+    (None when the file is ours): Speech-IFEval's JSONL (its records plus `response`, and `eval_response` from
+    its judge for chain-of-thought) and SAKURA's results JSON (`{"type": hop, "results": {audio: {instruction,
+    response, label}}}`)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if name == "speech-ifeval" and str(path).endswith(".jsonl"):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if rows and "response" in rows[0] and "model_output" not in rows[0]:
+            return [_speech_ifeval_output(row, index) for index, row in enumerate(rows)]
+    if name == "sakura" and str(path).endswith(".json"):
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("results"), dict):
+            return [_sakura_output(audio, row, data.get("type")) for audio, row in data["results"].items()]
+    return None
+
+
+def _speech_ifeval_output(row: dict, index: int) -> dict:
+    part = speech_ifeval.part_of(row)
+    return {
+        "id": str(row.get("id", f"{part}-{index}")),
+        "format": "speech-ifeval",
+        "question": row.get("instruction", ""),
+        "answer": row.get("label") or "",
+        "categories": {"part": part},
+        "model_output": row["response"],
+        "prediction": row["response"],
+        "extra": {k: row.get(k) for k in ("metric", "instruction_id_list", "kwargs")},
+        **({"verdict": row["eval_response"]} if row.get("eval_response") else {}),
+    }
+
+
+def _sakura_output(audio: str, row: dict, hop: str | None) -> dict:
+    return {
+        "id": audio,
+        "format": "mcq",
+        "question": row["instruction"],
+        "choices": sakura_options(row["instruction"]),
+        "answer": re.sub(r"^\([a-z]\)\s*", "", row["label"].strip()),
+        "categories": {"hop": hop} if hop else {},
+        "model_output": row["response"],
+        "prediction": row["response"],
+        "extra": {"label": row["label"]},
+    }
