@@ -6,13 +6,18 @@ does so idempotently:
   the model);
 - the `desta` config type for `AutoConfig` (importing `modeling_desta` does it);
 - a `desta` tokenizer mode: the plain Hugging Face tokenizer with the plugin's renderer (`vllm_renderer`), chosen
-  automatically for DeSTA checkpoints as vLLM chooses its in-tree modes for Kimi-Audio or DeepSeek-V3.2.
+  automatically for DeSTA checkpoints as vLLM chooses its in-tree modes for Kimi-Audio or DeepSeek-V3.2;
+- a clear refusal of the authors' release format (convert it first), before vLLM's own "unsupported
+  architecture".
 `VLLM_PLUGINS` (vLLM's own setting) can leave the plugin out.
 """
 
+import json
 import logging
+from pathlib import Path
 
 import modeling_desta  # noqa: F401  (registers the `desta` config with AutoConfig)
+from modeling_desta.release_desta import RELEASE_MODEL_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ def _default_tokenizer_mode() -> None:
         return
 
     def __post_init__(self, *args, **kwargs):
+        refuse_release_format(self.model)
         original(self, *args, **kwargs)
         if self.tokenizer_mode == "auto" and getattr(self, "_architecture", None) == ARCHITECTURE:
             self.tokenizer_mode = MODE
@@ -51,3 +57,14 @@ def _default_tokenizer_mode() -> None:
 
     __post_init__._desta_wrapped = True
     ModelConfig.__post_init__ = __post_init__
+
+
+def refuse_release_format(model: str) -> None:
+    """The authors' release is a connector-only folder that names its LLM and Whisper by Hub id; vLLM loads one
+    folder's weights, so it is converted once into a full checkpoint rather than assembled in every worker."""
+    config = Path(str(model)) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") == RELEASE_MODEL_TYPE:
+        raise ValueError(
+            f"{model} is DeSTA2.5-Audio's release format (a connector naming its LLM and Whisper), which vLLM cannot "
+            f"load as one folder: convert it once with `desta-audio convert --checkpoint {model} --output OUT_DIR`, then serve OUT_DIR."
+        )

@@ -310,3 +310,11 @@ def test_eval_through_the_server_gives_the_in_process_predictions(server, checkp
         return [(r["id"], r["model_output"]) for r in read_jsonl(tmp_path / folder / "predictions.jsonl")]
 
     assert answers("served") == answers("local") and len(answers("local")) == 3
+
+
+def test_the_release_format_is_refused_with_the_command_that_converts_it(tmp_path):
+    from vllm import LLM
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "desta25", "llm_model_id": "x"}))
+    with pytest.raises(ValueError, match=r"release format.*desta-audio convert --checkpoint"):
+        LLM(model=str(tmp_path), **ENGINE_OPTIONS)
