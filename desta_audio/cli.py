@@ -320,6 +320,22 @@ def add_retention_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def benchmark_run_options(args: argparse.Namespace) -> dict:
+    """The options every benchmark run takes from the command line, preset or not."""
+    return {
+        "data_file": args.data_file,
+        "dataset": args.dataset,
+        "split": args.split,
+        "audio_root": args.audio_root,
+        "limit": args.limit,
+        "device": args.device,
+        "dtype": args.dtype,
+        "base_url": args.base_url,
+        "batch_size": args.batch_size,
+        "no_asr": args.no_asr,
+    }
+
+
 def run_preset(args: argparse.Namespace) -> int:
     """`eval --benchmark NAME`: the preset run, its results table on stdout."""
     if (args.judge_base_url is None) != (args.judge_model is None):
@@ -331,20 +347,11 @@ def run_preset(args: argparse.Namespace) -> int:
         args.benchmark,
         args.model,
         args.output_dir,
-        data_file=args.data_file,
-        dataset=args.dataset,
         subset=args.subset,
-        split=args.split,
-        audio_root=args.audio_root,
-        limit=args.limit,
-        device=args.device,
-        dtype=args.dtype,
-        base_url=args.base_url,
         judge=judge,
         max_new_tokens=args.max_new_tokens,
         system_prompt=args.system_prompt,
-        batch_size=args.batch_size,
-        no_asr=args.no_asr,
+        **benchmark_run_options(args),
     )
     sys.stdout.write(ev.results_markdown(results))
     return 0
@@ -395,22 +402,13 @@ def run_eval(args: argparse.Namespace) -> int:
     results = ev.evaluate_benchmark(
         args.model,
         args.output_dir,
-        data_file=args.data_file,
-        dataset=args.dataset,
-        split=args.split,
         dataset_config=args.dataset_config,
-        audio_root=args.audio_root,
         columns=columns,
         fmt=args.format,
-        limit=args.limit,
-        device=args.device,
-        dtype=args.dtype,
-        base_url=args.base_url,
-        batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens or ev.BENCHMARK_MAX_NEW_TOKENS,
         system_prompt=args.system_prompt,
-        no_asr=args.no_asr,
         group_by=args.category_columns,
+        **benchmark_run_options(args),
     )
     sys.stdout.write(ev.results_markdown(results))
     return 0
