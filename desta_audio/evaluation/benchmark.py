@@ -277,5 +277,10 @@ def _scored(spec, records: list[dict], replies: dict[str, list[str]] | None, jud
     fmt = "judged" if spec.fmt in ("mcq", "judged") else spec.fmt
     results = score_predictions([{**r, "format": fmt} for r in judged], group_by)
     comparable = spec.judging.model is not None and judge_model == spec.judging.model
-    judge = {"model": judge_model, "protocol_model": spec.judging.model, "comparable_with_paper": comparable}
+    judge = {
+        "model": judge_model,
+        "protocol_model": spec.judging.model,
+        "prompt": spec.judging.prompt,
+        "comparable_with_paper": comparable,
+    }
     return {**results, "benchmark": spec.name, "scored_by": f"judge {judge_model}", "judge": judge}

@@ -66,6 +66,8 @@ from collections.abc import Iterable, Mapping
 from statistics import fmean
 from types import MappingProxyType
 
+from .judge_prompts import judge_prompt
+
 # -- LLM judge (classification tasks) -----------------------------------------------------------------------------
 
 # The referee the paper names (section 4.2): GPT-4o, greedy. The snapshot is not stated in what could be read.
@@ -73,21 +75,7 @@ JUDGE_MODEL = "gpt-4o"
 JUDGE_SAMPLING = MappingProxyType({"temperature": 0})
 
 # Our wording of the paper's referee protocol, NOT the official text (see the module docstring). No system prompt.
-JUDGE_PROMPT_TEMPLATE = """You are grading a speech and audio model on a classification task.
-
-Instruction given to the model:
-{instruction}
-
-Ground-truth answer:
-{label}
-
-Model's response:
-{response}
-
-Decide whether the model's response gives the ground-truth answer. Wording, letter case and added explanation do not \
-matter; a response that gives a different answer, more than one answer, or no answer is incorrect.
-Explain your reasoning briefly first. Then end your reply with a line that is exactly "Result: YES" if the response \
-is correct, or "Result: NO" if it is not."""
+JUDGE_PROMPT_TEMPLATE = judge_prompt("dynamic_superb.v1")
 
 # A whole line "Result: YES" / "Result: NO": any case, markdown or quotes around the parts ("**Result:** [NO]").
 _VERDICT_LINE = re.compile(r"^[^\w\n]*result[^\w\n]*[:：][^\w\n]*(yes|no)[^\w\n]*$", re.IGNORECASE | re.MULTILINE)

@@ -30,6 +30,7 @@ from ..dataset_loading import resolve_audio_path
 from . import dynamic_superb, speech_ifeval
 from . import voicebench as vb
 from .data import AUDIO_COLUMN_CANDIDATES, MMAU_SYSTEM_PROMPT, BenchmarkColumns, EvalItem, build_items
+from .judge_prompts import judge_prompt
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Judging:
     messages: Callable[[dict], list[dict] | None]
     verdict: Callable[[list[str], dict], object]
     model: str | None  # the judge the benchmark's authors used (None: our prompt is a restatement, never comparable)
+    prompt: str  # the prompt files' versions (`judge_prompts/`), named in results.json
     samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
@@ -78,25 +80,11 @@ def mmar_items(records, subset, audio_root) -> list[EvalItem]:
 # ----------------------------------------------------------------------------- SAKURA
 SAKURA_HOPS = ("single", "multi")
 SAKURA_OPTION = re.compile(r"\(([a-z])\)\s*(.*?)\s*(?=\([a-z]\)|$)", re.DOTALL)
-SAKURA_JUDGE_SYSTEM = (
-    "You are a good judge. You will be given a question with list of possible options, a ground truth answer and a "
-    "model generated response. You have to determine whether the model generated answer is correct."
-)
+SAKURA_JUDGE_SYSTEM = judge_prompt("sakura_system.v1")
 # SAKURA's judging criteria (its evaluation/llm_judge.py: gpt-4o-2024-11-20, temperature 0, top_p 0.9), restated:
 # one and only one option must be chosen and it must match the ground truth; derived word forms count. For
 # leaderboard parity, send SAKURA's own prompt text with the same settings.
-SAKURA_JUDGE_TEMPLATE = """You will be given a question with a list of options, the ground truth answer and a model generated response. Decide whether the response is correct:
-1. There is exactly one correct answer, so the response is incorrect if it chooses no option from the list, or more than one.
-2. If the response chooses exactly one option, it is correct when that option matches the ground truth answer, and incorrect otherwise.
-3. A different form of the same word counts as the same answer (e.g. "happiness" for "happy").
-
-Question: {question}
-Ground truth answer: {answer}
-Model generated response: {response}
-
-Return your judgement in this format:
-Explanation: <your explanation of the judgement>
-Judgement: <either "correct" or "incorrect">"""
+SAKURA_JUDGE_TEMPLATE = judge_prompt("sakura.v1")
 SAKURA_VERDICT = re.compile(r"Judgement:\s*\**\s*(correct|incorrect)\b", re.IGNORECASE)
 
 
@@ -285,25 +273,25 @@ PRESETS = {
     "speech-ifeval": Preset(
         "speech-ifeval", "kehanlu/Speech-IFEval (JSONL + audios.tar)", "speech-ifeval", speech_ifeval_items,
         SPEECH_IFEVAL_SYSTEM_PROMPT, 2048, group_by=("part",),
-        judging=Judging(speech_ifeval_messages, speech_ifeval_verdict, speech_ifeval.COT_JUDGE_MODEL),
+        judging=Judging(speech_ifeval_messages, speech_ifeval_verdict, speech_ifeval.COT_JUDGE_MODEL, "speech_ifeval_cot_system.v1"),
     ),
     "sakura": Preset(
         "sakura", "SLLM-multi-hop/{Animal,Emotion,Gender,Language}QA (split test)", "mcq", sakura_items,
         DEFAULT_SYSTEM_PROMPT, 512, group_by=("hop", "attribute"), subsets=SAKURA_HOPS,
-        judging=Judging(sakura_messages, sakura_verdict, "gpt-4o-2024-11-20", top_p=0.9),
+        judging=Judging(sakura_messages, sakura_verdict, "gpt-4o-2024-11-20", "sakura.v1", top_p=0.9),
         notes="Official score: the judge. Without --judge-base-url the MMAU rule on the listed options is reported, "
         "labelled a proxy.",
     ),
     "voicebench": Preset(
         "voicebench", "hlt-lab/voicebench (--subset, split test; sd-qa: --split usa ...)", "voicebench",
         voicebench_items, DEFAULT_SYSTEM_PROMPT, 1024, group_by=("subset",), subsets=VOICEBENCH_SUBSETS,
-        judging=Judging(voicebench_messages, voicebench_verdict, vb.JUDGE_MODEL, samples=3, temperature=0.5, top_p=0.95),
+        judging=Judging(voicebench_messages, voicebench_verdict, vb.JUDGE_MODEL, "voicebench_open.v1, voicebench_sdqa.v1", samples=3, temperature=0.5, top_p=0.95),
         subset_is_config=True,
     ),
     "dynamic-superb": Preset(
         "dynamic-superb", "DynamicSuperb/<Task>_<Dataset> (split test)", "judged", dynamic_superb_items,
         DEFAULT_SYSTEM_PROMPT, 512, group_by=("task",),
-        judging=Judging(dynamic_superb_messages, dynamic_superb_verdict, None),
+        judging=Judging(dynamic_superb_messages, dynamic_superb_verdict, None, "dynamic_superb.v1"),
         offline_verdict=dynamic_superb_proxy,
         notes="The judge prompt is a restatement (the official one could not be read); see dynamic_superb.py.",
     ),

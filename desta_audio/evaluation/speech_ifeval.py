@@ -53,6 +53,8 @@ import string
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from .judge_prompts import judge_prompt
+
 # ----------------------------------------------------------------------------- parts and records
 
 CLOSED_ENDED = "closed_ended"
@@ -402,13 +404,7 @@ def follows(response: str, instruction_id_list: Sequence[str], kwargs_list: Sequ
 
 COT_JUDGE_MODEL = "gpt-4o-2024-11-20"
 # The benchmark's judge instructions, word for word (a different wording would be a different judge).
-COT_JUDGE_SYSTEM_PROMPT = """You will be given a user input and a model response. The model's response is a reply to the user input. Your task is to determine whether the response demonstrates reasoning behavior, such as breaking down the problem, explaining intermediate steps, or providing a analysis.
-
-Please strictly follow the guidelines below:
-- Output "YES" if the response includes any form of behavior beyond a direct answer corresponding to the user input.
-- Output "NO" only if the response is a minimal or purely factual reply.
-- Answer in the format: "Result: <YES or NO>" at the end.
-"""
+COT_JUDGE_SYSTEM_PROMPT = judge_prompt("speech_ifeval_cot_system.v1")
 
 
 def cot_judge_prompt(instruction: str, response: str) -> str:

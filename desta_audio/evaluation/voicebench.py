@@ -62,6 +62,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
+from .judge_prompts import judge_prompt
+
 # -- multiple choice: openbookqa, mmsu ----------------------------------------------------------------------------
 
 MCQ_LETTERS = ("A", "B", "C", "D")
@@ -782,50 +784,14 @@ def refusal_rate(responses: Iterable[str]) -> float:
 # -- the LLM judge: alpacaeval, commoneval, wildvoice (1-5) and sd-qa (yes/no) -------------------------------------
 
 JUDGE_MODEL = "gpt-4o-mini"
-JUDGE_SYSTEM_PROMPT = "You are a helpful assistant who tries to help answer the user's question."
+JUDGE_SYSTEM_PROMPT = judge_prompt("voicebench_system.v1")
 JUDGE_SAMPLING = MappingProxyType(
     {"n": 3, "temperature": 0.5, "top_p": 0.95, "max_tokens": 1024, "frequency_penalty": 0, "presence_penalty": 0}
 )
 # The source's judge prompts, character for character (curly apostrophes, the open prompt's leading and trailing
 # newline, the space after "reference answer?").
-OPEN_JUDGE_TEMPLATE = (
-    "\nI need your help to evaluate the performance of several models in the speech interaction scenario. The models"
-    " will receive a speech input from the user, which they need to understand and respond to with a speech output.\n"
-    "Your task is to rate the model’s responses based on the provided user input transcription [Instruction] and the"
-    " model’s output transcription [Response].\n"
-    "\n"
-    "Please evaluate the response on a scale of 1 to 5:\n"
-    "1 point: The response is largely irrelevant, incorrect, or fails to address the user’s query. It may be"
-    " off-topic or provide incorrect information.\n"
-    "2 points: The response is somewhat relevant but lacks accuracy or completeness. It may only partially answer the"
-    " user’s question or include extraneous information.\n"
-    "3 points: The response is relevant and mostly accurate, but it may lack conciseness or include unnecessary"
-    " details that don’t contribute to the main point.\n"
-    "4 points: The response is relevant, accurate, and concise, providing a clear answer to the user’s question"
-    " without unnecessary elaboration.\n"
-    "5 points: The response is exceptionally relevant, accurate, and to the point. It directly addresses the user’s"
-    " query in a highly effective and efficient manner, providing exactly the information needed.\n"
-    "\n"
-    "Below are the transcription of user’s instruction and models’ response:\n"
-    "### [Instruction]: {question}\n"
-    "### [Response]: {response}\n"
-    "\n"
-    "After evaluating, please output the score only without anything else.\n"
-    "You don’t need to provide any explanations.\n"
-)
-SDQA_JUDGE_TEMPLATE = (
-    "### Question\n"
-    "{question}\n"
-    "\n"
-    "### Reference answer\n"
-    "{reference}\n"
-    "\n"
-    "### Candidate answer\n"
-    "{response}\n"
-    "\n"
-    "Is the candidate answer correct based on the question and reference answer? \n"
-    'Please only output a single "Yes" or "No". Do not output anything else.'
-)
+OPEN_JUDGE_TEMPLATE = judge_prompt("voicebench_open.v1")
+SDQA_JUDGE_TEMPLATE = judge_prompt("voicebench_sdqa.v1")
 _RATING = re.compile(r"\[\[(\d+)\]\]")  # the source's fallback when the judge wrote more than a number
 
 
