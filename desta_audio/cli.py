@@ -249,6 +249,13 @@ def add_eval_modes(parser: argparse.ArgumentParser) -> None:
         "--rescore", metavar="PREDICTIONS", help="re-score a predictions.jsonl (or a reference MMAU results .json)"
     )
     mode.add_argument("--retention", action="store_true", help="knowledge-retention check against the base LLM")
+    mode.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="with --benchmark: the headline over several runs (SAKURA's tracks, VoiceBench's subsets, "
+        "Speech-IFEval's parts, Dynamic-SUPERB's tasks); written to --output-dir/combined.json",
+    )
 
 
 def add_eval_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -357,9 +364,23 @@ def run_preset(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_combine(args: argparse.Namespace) -> int:
+    """`eval --combine RESULTS ... --benchmark NAME`: the headline over runs, as JSON on stdout and in a file."""
+    if not args.benchmark:
+        raise ValueError("--combine needs --benchmark NAME (the preset the runs belong to)")
+    combined = ev.combine_runs(args.benchmark, args.combine)
+    text = json.dumps(combined, indent=2, ensure_ascii=False) + "\n"
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "combined.json").write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the mode `args` selects, write JSON + Markdown into --output-dir, print the Markdown table."""
     logging.getLogger("desta_audio.evaluation").setLevel(logging.INFO)
+    if args.combine:
+        return run_combine(args)
     if args.rescore and args.benchmark:
         results = ev.rescore_preset(args.benchmark, args.rescore, args.output_dir)
         sys.stdout.write(ev.results_markdown(results))

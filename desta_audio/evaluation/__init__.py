@@ -11,6 +11,7 @@ _EXPORTS = {
     "JudgeSettings": "judge",
     "PRESETS": "presets",
     "evaluate_preset": "benchmark",
+    "combine_runs": "combine",
     "rescore_preset": "benchmark",
     "RETENTION_MAX_NEW_TOKENS": "retention",
     "build_conversation": "data",

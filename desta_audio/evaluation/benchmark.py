@@ -32,7 +32,7 @@ from .data import (
 )
 from .judge import JudgeSettings, judge_model_of, judge_records, saved_replies
 from .presets import own_output_records, preset
-from .scoring import load_prediction_records, read_predictions, score_predictions, write_results
+from .scoring import RESULTS_JSON, load_prediction_records, read_predictions, score_predictions, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ def evaluate_preset(
     if audio_root is None and data_file is not None:
         audio_root = Path(data_file).parent
     items = spec.items(records, subset, audio_root)
+    # Which data and subset a run scored, for headlines that span runs (`combine`: SAKURA's tracks, VoiceBench ...).
+    run_identity = {"source": str(dataset if isinstance(dataset, (str, os.PathLike)) else data_file), "subset": subset}
     if not items:
         raise ValueError(f"The {name} data has no records.")
     logger.info("%s: %d items", name, len(items))
@@ -227,7 +229,7 @@ def evaluate_preset(
         max_new_tokens=max_new_tokens or spec.max_new_tokens,
         system_prompt=spec.system_prompt if system_prompt is None else system_prompt,
         group_by=list(spec.group_by),
-        score=lambda predictions: score_preset(spec, predictions, output_dir, judge),
+        score=lambda predictions: {**score_preset(spec, predictions, output_dir, judge), **run_identity},
         **run_kwargs,
     )
 
@@ -261,6 +263,10 @@ def rescore_preset(name: str, predictions_path: str | os.PathLike, output_dir: s
     records = own_output_records(spec.name, predictions_path) or load_prediction_records(predictions_path)
     replies = saved_replies(records, spec.judging.messages, folder) if spec.judging else {}
     results = _scored(spec, records, replies or None, judge_model_of(folder) if replies else None)
+    previous = folder / RESULTS_JSON
+    if previous.is_file():  # keep the run's identity (`source`, `subset`) for `combine`
+        saved = json.loads(previous.read_text(encoding="utf-8"))
+        results.update({key: saved[key] for key in ("source", "subset") if key in saved})
     write_results(results, output_dir or folder)
     return results
 
