@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, Pipeline
 
-from .audio_io import TARGET_SAMPLING_RATE, audio_source
+from .audio_io import TARGET_SAMPLING_RATE
 from .chat_text import audio_chat
 from .compat_desta import pipeline_generate_kwargs
 
@@ -90,10 +90,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
         self, inputs, prompt: str | None = None, system_prompt: str | None = None, audio_policy=None
     ) -> dict:
         conversation = inputs if _is_conversation(inputs) else _conversation_from_audio(inputs, prompt, system_prompt)
-        text, audio_items = self.processor.render_conversation(conversation, add_generation_prompt=True)
-        self.processor.check_clip_count(len(audio_items))
-        waveforms = [self.processor.load_audio(audio_source(item), audio_policy) for item in audio_items]
-        self.processor.check_audio_budget(waveforms)
+        text, audio_items, waveforms = self.processor.read_chat_audio(conversation, audio_policy=audio_policy)
         return {"text": text, "waveforms": waveforms, "transcripts": [item.get("transcript") for item in audio_items]}
 
     def _forward(self, batch: list[dict], generate_kwargs=None, asr_options: dict | None = None) -> list[dict]:

@@ -601,6 +601,25 @@ class DestaProcessor(ProcessorMixin):
         _refuse_unsupported_items(unsupported)
         return text, audio_items
 
+    def read_chat_audio(
+        self,
+        conversation: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        audio_policy: "dict | AudioSourcePolicy | None" = None,
+        **template_kwargs,
+    ) -> tuple[str, list[dict], list[np.ndarray]]:
+        """(prompt text, audio items, their waveforms): `render_conversation`, then the audio read within the
+        request's budget, its clip count checked before any clip is decoded and its length before any feature is
+        computed. What the pipeline and a server (the vLLM plugin) do with one chat before tokenising it."""
+        text, audio_items = self.render_conversation(
+            conversation, add_generation_prompt, chat_template, **template_kwargs
+        )
+        self.check_clip_count(len(audio_items))
+        waveforms = [self.load_audio(audio_source(item), audio_policy) for item in audio_items]
+        self.check_audio_budget(waveforms)
+        return text, audio_items, waveforms
+
     def _render(self, conversation, add_generation_prompt, chat_template=None, **template_kwargs):
         """(text, audio items, character spans of the `{% generation %}` blocks, item types DeSTA cannot take)."""
         template = self._resolve_chat_template(chat_template)

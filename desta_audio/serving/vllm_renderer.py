@@ -13,7 +13,7 @@ from vllm.renderers.hf import HfRenderer
 from vllm.renderers.inputs.preprocess import parse_dec_only_prompt
 from vllm.utils.async_utils import make_async
 
-from processing.audio_io import TARGET_SAMPLING_RATE, audio_source
+from processing.audio_io import TARGET_SAMPLING_RATE
 from processing.chat_text import visible_text
 
 from .openai_content import desta_conversation
@@ -40,15 +40,12 @@ class DestaRenderer(HfRenderer):
             )
         conversation = desta_conversation(messages, processor_kwargs.pop("transcripts", None))
         template_kwargs = params.get_apply_chat_template_kwargs()
-        text, audio_items = processor.render_conversation(
+        text, audio_items, waveforms = processor.read_chat_audio(
             conversation,
             add_generation_prompt=template_kwargs.get("add_generation_prompt", True),
             chat_template=template_kwargs.get("chat_template"),
             **{k: v for k, v in template_kwargs.items() if k not in NOT_TEMPLATE_VARIABLES and v is not None},
         )
-        processor.check_clip_count(len(audio_items))
-        waveforms = [processor.load_audio(audio_source(item)) for item in audio_items]
-        processor.check_audio_budget(waveforms)
         prompt = parse_dec_only_prompt(processor.tokenize_prompts([text], add_special_tokens=False)[0])
         if waveforms:
             prompt["multi_modal_data"] = {"audio": [(waveform, TARGET_SAMPLING_RATE) for waveform in waveforms]}
