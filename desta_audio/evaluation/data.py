@@ -116,7 +116,7 @@ def build_items(
     columns = columns or BenchmarkColumns()
     items, seen = [], set()
     for index, record in enumerate(records):
-        audio_column = columns.audio or _first_present(record, AUDIO_COLUMN_CANDIDATES, "audio")
+        audio_column = columns.audio or first_present(record, AUDIO_COLUMN_CANDIDATES, "audio")
         category_columns = (
             columns.categories
             if columns.categories is not None
@@ -167,7 +167,7 @@ def _required(record: dict, column: str, index: int):
     return record[column]
 
 
-def _first_present(record: dict, candidates: Sequence[str], what: str) -> str:
+def first_present(record: dict, candidates: Sequence[str], what: str) -> str:
     for name in candidates:
         if name in record:
             return name

@@ -29,7 +29,7 @@ from processing import DEFAULT_SYSTEM_PROMPT
 from ..dataset_loading import resolve_audio_path
 from . import dynamic_superb, speech_ifeval
 from . import voicebench as vb
-from .data import AUDIO_COLUMN_CANDIDATES, MMAU_SYSTEM_PROMPT, BenchmarkColumns, EvalItem, build_items
+from .data import AUDIO_COLUMN_CANDIDATES, MMAU_SYSTEM_PROMPT, BenchmarkColumns, EvalItem, build_items, first_present
 from .judge_prompts import judge_prompt
 
 
@@ -101,7 +101,7 @@ def sakura_items(records, subset, audio_root) -> list[EvalItem]:
     items = []
     for index, record in enumerate(_sakura_rows(records)):
         instruction, answer = record[f"{hop}_instruction"], record[f"{hop}_answer"]
-        audio = record.get("audio") if record.get("audio") is not None else record["file"]
+        audio = _audio_or_file(record)
         items.append(
             EvalItem(
                 id=str(record.get("file", index)),
@@ -150,7 +150,7 @@ def speech_ifeval_items(records, subset, audio_root) -> list[EvalItem]:
     """Items of any of the three parts (closed-ended, creative writing, chain of thought: the record's `metric`)."""
     items = []
     for index, record in enumerate(records):
-        audio_column = "audio_filepath" if "audio_filepath" in record else _first_audio_column(record)
+        audio_column = first_present(record, ("audio_filepath", *AUDIO_COLUMN_CANDIDATES), "audio")
         part = speech_ifeval.part_of(record)
         items.append(
             EvalItem(
@@ -228,7 +228,7 @@ def dynamic_superb_items(records, subset, audio_root) -> list[EvalItem]:
     items = []
     for index, record in enumerate(records):
         task = subset or record.get("task") or "task"
-        audio = record.get("audio") if record.get("audio") is not None else record["file"]
+        audio = _audio_or_file(record)
         items.append(
             EvalItem(
                 id=str(record.get("file", index)),
@@ -256,11 +256,9 @@ def dynamic_superb_proxy(record: dict) -> bool:
     return dynamic_superb.proxy_correct(record["model_output"], record["answer"], record["question"])
 
 
-def _first_audio_column(record: dict) -> str:
-    for name in AUDIO_COLUMN_CANDIDATES:
-        if name in record:
-            return name
-    raise ValueError(f"No audio column among {list(AUDIO_COLUMN_CANDIDATES)} in a record with keys {sorted(record)}.")
+def _audio_or_file(record: dict):
+    """The Hub datasets' decoded `audio` column, else the repository layout's `file` path (SAKURA, Dynamic-SUPERB)."""
+    return record["audio"] if record.get("audio") is not None else record["file"]
 
 
 PRESETS = {
