@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data.engines_openai import DEFAULT_API_KEY_ENV
 from ..files import JsonlWriter, write_jsonl_atomic
 from ..runtime import chunks, load_pipeline
 from ..serving.served_pipeline import ServedPipeline
@@ -181,7 +180,7 @@ def served_pipeline(base_url: str, model: str):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model)
-    return ServedPipeline(base_url, str(model), tokenizer=tokenizer, api_key=os.environ.get(DEFAULT_API_KEY_ENV))
+    return ServedPipeline(base_url, str(model), tokenizer=tokenizer)
 
 
 def evaluate_preset(

@@ -89,7 +89,7 @@ def judge_model_of(output_dir) -> str | None:
 
 def _ask(ids: list[str], prompts: dict[str, list[dict]], settings: JudgeSettings, path: Path) -> None:
     client = OpenAIGenerator.from_environment(
-        settings.base_url.rstrip("/"),
+        settings.base_url,
         settings.model,
         settings.api_key_env,
         max_new_tokens=settings.max_tokens,

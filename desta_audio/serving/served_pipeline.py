@@ -11,15 +11,17 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-from ..data.engines_openai import EngineError, OpenAIGenerator
+from ..data.engines_openai import DEFAULT_API_KEY_ENV, EngineError, OpenAIGenerator
 from .openai_content import openai_messages
 
 
 class ServedPipeline:
     """`pipe(conversations, max_new_tokens=..., do_sample=False)` -> `[{"generated_text", "transcripts"}]`."""
 
-    def __init__(self, base_url: str, model: str, tokenizer=None, api_key: str | None = None, **transport):
-        self.client = OpenAIGenerator(base_url, model, api_key=api_key, keep_truncated=True, **transport)
+    def __init__(self, base_url: str, model: str, tokenizer=None, api_key_env: str = DEFAULT_API_KEY_ENV, **transport):
+        """`transport`: `OpenAIGenerator`'s options (concurrency, retries, time and size caps); the key is read from
+        the environment variable `api_key_env`, never passed around."""
+        self.client = OpenAIGenerator.from_environment(base_url, model, api_key_env, keep_truncated=True, **transport)
         self.tokenizer = tokenizer
         # What `run_benchmark` records as the model of a run (a served run never resumes an in-process one).
         self.model = SimpleNamespace(name_or_path=f"{model} @ {base_url}")
