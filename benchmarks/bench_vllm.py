@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import httpx
 import torch
 
 from desta_audio import testing as tiny_assets
+from desta_audio.testing.servers import free_port, wait_until_healthy
 
 logger = logging.getLogger("bench_vllm")
 SENTENCES = ["hello world", "one two three four five six", "the quick brown fox", "testing the audio model"]
@@ -54,27 +54,19 @@ def make_clips(folder: Path, count: int) -> list[tuple[bytes, str]]:
 
 
 def start_server(checkpoint: str, args, log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", checkpoint]
     command += [f"--dtype={args.dtype}", f"--gpu-memory-utilization={args.gpu_memory_utilization}"]
     command += ["--max-model-len=4096", "--trust-request-mm-kwargs", "--host=127.0.0.1", f"--port={port}"]
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"api_server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    process.kill()
-    raise TimeoutError("api_server did not start")
+    try:
+        wait_until_healthy(f"{base}/health", process, log, 900, "api_server", poll_s=2)
+    except (RuntimeError, TimeoutError):
+        process.kill()
+        raise
+    return process, base
 
 
 def request_body(model: str, clip: bytes, transcript: str | None, new_tokens: int) -> dict:

@@ -6,12 +6,10 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,19 +18,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from desta_audio import testing as tiny_assets  # noqa: E402
+from desta_audio.testing.servers import free_port, wait_until_healthy  # noqa: E402, F401  (tests import free_port)
+from processing import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def system_chat(user_content, system: str = DEFAULT_SYSTEM_PROMPT) -> list[dict]:
+    """A system turn, then one user turn holding `user_content` as given (well-formed or not: bad-input tests)."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": user_content},
+    ]
+
+
+def tone_item(transcript: str = "") -> dict:
+    """A one-second silent 16 kHz audio item with a transcript."""
+    return {"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000, "transcript": transcript}
+
 
 # tests/vllm_serving needs vLLM's CPU build, which pins its own torch and transformers: `bash .ci/vllm test` runs it in the
 # venv `.ci/vllm install` builds (the README's test command and CI run both). Elsewhere it is not collected.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_serving"]
-
-
-def free_port() -> int:
-    """A port nobody listens on, so a stray run elsewhere cannot capture this run's server or rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -163,16 +170,9 @@ class Server:
         ]  # fmt: skip
         with self.log.open("a") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"transformers serve did not come up: {self.log.read_text()[-3000:]}")
+        wait_until_healthy(
+            f"http://127.0.0.1:{self.port}/health", self.process, self.log, timeout, "transformers serve", poll_s=0.2
+        )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

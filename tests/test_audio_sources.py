@@ -16,19 +16,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import system_chat
 
 from processing import DestaProcessor, load_audio
 from processing.audio_sources import AudioSourceError, AudioSourcePolicy, download
 
-SYSTEM = "Focus on the audio clips and instructions."
 UNTRUSTED = AudioSourcePolicy.for_input(trusted_input=False)
-
-
-def _chat(user_content, system=SYSTEM):
-    return [
-        {"role": "system", "content": [{"type": "text", "text": system}]},
-        {"role": "user", "content": user_content},
-    ]
 
 
 @pytest.mark.parametrize(
@@ -279,7 +272,7 @@ def test_untrusted_processor_refuses_paths_and_saves_its_policy(tiny_parts, audi
         trusted_input=False,
         audio_policy={"max_download_bytes": 1000},
     )
-    chat = _chat([{"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": ""}])
+    chat = system_chat([{"type": "audio", "path": str(audio_dir / "hello.wav"), "transcript": ""}])
     with pytest.raises(AudioSourceError, match="local audio paths are not allowed"):
         processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
     allowed = processor.apply_chat_template(
@@ -300,7 +293,7 @@ def test_untrusted_processor_refuses_paths_and_saves_its_policy(tiny_parts, audi
     assert trusted_again.source_policy() == AudioSourcePolicy()
     with pytest.raises(ValueError, match=r"unknown audio policy setting\(s\) \['max_bytes'\]"):
         reloaded.source_policy({"max_bytes": 5})
-    array_chat = _chat([{"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000}])
+    array_chat = system_chat([{"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000}])
     assert (
         processor.apply_chat_template(array_chat, add_generation_prompt=True, tokenize=True, return_dict=True)[
             "input_features"

@@ -5,9 +5,9 @@ import logging
 import subprocess
 import threading
 
-import numpy as np
 import pytest
 import torch
+from conftest import system_chat, tone_item
 from isolation import run_isolated
 from transformers import TextIteratorStreamer, pipeline
 
@@ -21,7 +21,6 @@ from processing.audio_sources import AudioSourceError, AudioSourcePolicy
 # subprocesses). The bad calls at the end run on the tiny parts and are neither.
 
 SPOKEN = "please open the door"
-SYSTEM = "Focus on the audio clips and instructions."
 
 
 @pytest.fixture(scope="module")
@@ -385,23 +384,14 @@ def test_a_chat_and_the_audio_shorthand_get_the_same_default_system_prompt(pipe,
 
 
 # ----------------------------------------------------------------------------- bad calls (tiny parts)
-def _chat(user_content, system=SYSTEM):
-    return [
-        {"role": "system", "content": [{"type": "text", "text": system}]},
-        {"role": "user", "content": user_content},
-    ]
-
-
-def _tone_item(transcript=""):
-    return {"type": "audio", "array": np.zeros(16000, np.float32), "sampling_rate": 16000, "transcript": transcript}
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda p: p([_chat([_tone_item()])] * 2, batch_size=-1), "batch_size must be a positive integer; got -1"),
-        (lambda p: p([_chat([_tone_item()])], batch_size=0), "batch_size must be a positive integer; got 0"),
-        (lambda p: p([{"content": [_tone_item()]}]), "Message 0 has no 'role'"),
+        (lambda p: p([system_chat([tone_item()])] * 2, batch_size=-1), "batch_size must be a positive integer; got -1"),
+        (lambda p: p([system_chat([tone_item()])], batch_size=0), "batch_size must be a positive integer; got 0"),
+        (lambda p: p([{"content": [tone_item()]}]), "Message 0 has no 'role'"),
         (lambda p: p({"file": "x.wav"}, prompt="hi"), r"Cannot read a dict with keys \['file'\] as audio"),
         (lambda p: p([{"role": "user", "content": None}]), r"Message 0 \(user\) has content None"),
     ],
@@ -420,7 +410,7 @@ def test_pipeline_untrusted_policy_per_call(tiny_pipe, audio_dir):
 
 def test_overlong_transcript_warns_against_max_positions(tiny_pipe, monkeypatch, caplog):
     monkeypatch.setattr(tiny_pipe.model.config.text_config, "max_position_embeddings", 128)
-    chat = _chat([_tone_item(transcript="word " * 200), {"type": "text", "text": "hi"}])
+    chat = system_chat([tone_item(transcript="word " * 200), {"type": "text", "text": "hi"}])
     with caplog.at_level(logging.WARNING, logger="processing.pipeline_desta"):
         tiny_pipe(chat, max_new_tokens=1)
     assert any("over the LLM's max_position_embeddings=128" in r.getMessage() for r in caplog.records)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,7 @@ import torch
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 from desta_audio import testing as tiny_assets  # noqa: E402
+from desta_audio.testing.servers import free_port, wait_until_healthy  # noqa: E402
 
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 12
@@ -181,15 +180,9 @@ def test_dataset_builder_vllm_engine_gives_the_transformers_rows(llm, checkpoint
 
 
 # ----------------------------------------------------------------------------- one OpenAI-compatible server
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "api_server.log"
     options = [f"--{k.replace('_', '-')}={v}" for k, v in ENGINE_OPTIONS.items() if k != "enforce_eager"]
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
@@ -201,25 +194,11 @@ def server(checkpoint, tmp_path_factory):
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(base, process, log)
+        wait_until_healthy(f"{base}/health", process, log, 600, "api_server", poll_s=2)
         yield base
     finally:
         process.terminate()
         process.wait(timeout=60)
-
-
-def _wait_until_healthy(base: str, process, log: Path, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"api_server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"api_server did not start in {timeout_s} s:\n{log.read_text()[-4000:]}")
 
 
 def _post_chat(server: str, messages: list[dict], **extra) -> httpx.Response:
