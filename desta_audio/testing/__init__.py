@@ -15,7 +15,7 @@ from .assets import (
     tools_available,
     write_zero_length_wav,
 )
-from .whisper_tiny_en import build_whisper_tiny_en, cached_whisper_tiny_en
+from ..small.whisper_tiny_en import build_whisper_tiny_en, cached_whisper_tiny_en
 
 __all__ = [
     "AUDIO_TOKEN",
