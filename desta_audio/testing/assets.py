@@ -1,20 +1,19 @@
 """Tiny offline stand-ins for the real components: a Llama-3-style tokenizer trained in milliseconds,
-tiny Llama / Whisper models built from configs, and real audio made with espeak-ng and sox.
+tiny Llama / Whisper models built from configs (real audio made with espeak-ng and sox is the lab's,
+`desta_audio.lab.synth`).
 
 Shared by the tests and the benchmarks (`desta_audio.testing`); nothing here touches the network.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from modeling_desta import DestaForConditionalGeneration
-from processing import DEFAULT_SYSTEM_PROMPT, DestaProcessor, audio_chat
+from processing import DestaProcessor
 
 LLAMA3_SPLIT_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 SPECIAL_TOKENS = [
@@ -137,40 +136,6 @@ def build_whisper(d_model: int = 64, encoder_layers: int = 4, decoder_layers: in
     return model
 
 
-def speak(path: str | Path, text: str, voice: str = "en-us", rate: int = 16000, speed: int = 150) -> Path:
-    """Speech with a known transcript, via espeak-ng, resampled by sox to `rate` Hz mono."""
-    path = Path(path)
-    raw = path.with_suffix(".espeak.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", str(path)], check=True, capture_output=True)
-    raw.unlink()
-    return path
-
-
-def sox_synth(
-    path: str | Path, seconds: float, kind: str = "sine", freq: float = 440.0, rate: int = 16000, channels: int = 1
-) -> Path:
-    """A tone (`sine`, `square`, ...) or noise (`whitenoise`, `pinknoise`) made by sox."""
-    path = Path(path)
-    if seconds <= 0:
-        raise ValueError("sox synth with a zero duration never ends; use write_zero_length_wav")
-    args = [kind] if "noise" in kind else [kind, str(freq)]
-    subprocess.run(
-        ["sox", "-n", "-r", str(rate), "-c", str(channels), str(path), "synth", str(seconds), *args, "vol", "0.5"],
-        check=True,
-        capture_output=True,
-    )
-    return path
-
-
-def sox_silence(path: str | Path, seconds: float, rate: int = 16000) -> Path:
-    path = Path(path)
-    subprocess.run(
-        ["sox", "-n", "-r", str(rate), "-c", "1", str(path), "trim", "0", str(seconds)], check=True, capture_output=True
-    )
-    return path
-
-
 def write_zero_length_wav(path: str | Path, rate: int = 16000) -> Path:
     """A valid WAV file holding no samples."""
     import soundfile
@@ -179,19 +144,9 @@ def write_zero_length_wav(path: str | Path, rate: int = 16000) -> Path:
     return Path(path)
 
 
-def tools_available() -> bool:
-    return all(shutil.which(tool) for tool in ("espeak-ng", "sox"))
-
-
 def sine(seconds: float, freq: float = 440.0, rate: int = 16000) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def sft_record(rid: str, audio, response: str, instruction: str = "What is it?", transcript: str = "") -> dict:
-    """A training record in the content-list form: system + user (audio item, text), the target in `response`."""
-    audio_item = {"type": "audio", "path": audio, "transcript": transcript}
-    return {"id": rid, "messages": audio_chat([audio_item], instruction, DEFAULT_SYSTEM_PROMPT), "response": response}
 
 
 def build_servable_checkpoint(save_dir: str | Path, whisper_dir: str | Path, num_audio_queries: int = 8) -> Path:
