@@ -4,6 +4,7 @@
     desta-audio eval (--data-file FILE | --dataset NAME | --rescore PREDICTIONS | --retention) [--model ...]
     desta-audio convert --checkpoint DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B --output DIR [--push-to-hub REPO]
     desta-audio smoke-qa OUT_DIR
+    desta-audio lab OUT_DIR [--train-clips 600] [--probe-clips 240] [--seed 0] [--jobs 2] [--splits train probe]
     desta-audio demo [--model REPO_OR_DIR] [--host HOST] [--port PORT] [--share]   (needs the `demo` extra)
 
 Every command takes `--debug` (a traceback instead of the one-line error). See docs/evaluation.md for `eval`;
@@ -34,6 +35,8 @@ from .errors import report_errors
 from .evaluation.smoke_qa import make_smoke_qa
 from .hub.convert import convert
 from .hub.publishing import publish
+from .lab import DEFAULT_CLIPS, make_lab
+from .lab.catalog import SPLITS
 from .runtime import DTYPES, AnswerStream, load_pipeline, resolve_device
 
 # The authors' release: it loads as it is (its connector, on the LLM and Whisper it names), no conversion step.
@@ -64,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     smoke = commands.add_parser("smoke-qa", help="build the 16-question espeak-ng/sox audio QA set offline")
     smoke.add_argument("output_dir", help="folder for smoke_qa.json and audio/")
     smoke.set_defaults(handler=run_smoke_qa)
+    add_lab_arguments(
+        commands.add_parser("lab", help="write labelled espeak-ng/sox clips: a training split and the hearing probe")
+    ).set_defaults(handler=run_lab)
     add_demo_arguments(commands.add_parser("demo", help="serve the web demo (Gradio; the `demo` extra)")).set_defaults(
         handler=run_checked_demo
     )
@@ -466,6 +472,28 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_smoke_qa(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{make_smoke_qa(args.output_dir)}\n")
+    return 0
+
+
+def add_lab_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("output_dir", help="folder for train/ and probe/ (see docs/lab.md)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="which splits to write")
+    for split in SPLITS:
+        parser.add_argument(
+            f"--{split}-clips", type=int, default=DEFAULT_CLIPS[split], help=f"clips in {split}/ (default: %(default)s)"
+        )
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same clips (default: 0)")
+    parser.add_argument("--jobs", type=int, default=2, help="synthesizer processes at once (default: 2)")
+    return parser
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    """`desta-audio lab OUT`: the splits' folders, then one line per split on stdout."""
+    logging.getLogger("desta_audio.lab").setLevel(logging.INFO)
+    clips = {split: getattr(args, f"{split}_clips") for split in SPLITS}
+    for manifest in make_lab(args.output_dir, tuple(args.splits), clips, args.seed, args.jobs):
+        folder = Path(args.output_dir) / manifest["split"]
+        sys.stdout.write(f"{folder}: {manifest['clips']} clips, {manifest['records']} records\n")
     return 0
 
 
