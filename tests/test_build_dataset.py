@@ -588,6 +588,12 @@ def builder_error_cases(clip_dir: Path, tmp_path: Path) -> dict[str, tuple[list[
     shard = shard_file(broken, 0, 1)
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text(lines[0] + "{garbage\n" + "".join(lines[1:]))
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b'{"audio": "c0.wav"}\n' + bytes(range(128, 256)))
+    wide = tmp_path / "wide.csv"
+    wide.write_text("audio\nc0.wav\n", encoding="utf-16")
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"audio": "c0.wav"}\n{"audio": "c1\x01.wav"}\n{"audio": "c2.wav"}\n')
     return {
         "batch size 0": ([*source, "--batch-size", "0"], ("--batch-size", "0")),
         "batch size -1": ([*source, "--batch-size", "-1"], ("--batch-size", "-1")),
@@ -602,6 +608,12 @@ def builder_error_cases(clip_dir: Path, tmp_path: Path) -> dict[str, tuple[list[
             ("--output-dir", str(tmp_path / "a_file"), "not a folder"),
         ),
         "bad shard line at merge": (["--output-dir", str(broken), "--merge-only"], (f"{shard}:2", "not valid JSON")),
+        "binary metadata": (
+            [*source, "--metadata", str(binary)],
+            (str(binary), "is not UTF-8 text", "byte 0x80 at line 2", "save it as UTF-8"),
+        ),
+        "UTF-16 metadata": ([*source, "--metadata", str(wide)], (str(wide), "is UTF-16 text", "iconv -f UTF-16")),
+        "broken metadata line": ([*source, "--metadata", str(torn)], (f"{torn}:2", "not valid JSON", "fix or remove")),
     }
 
 
@@ -613,6 +625,9 @@ BUILDER_ERROR_CASES = [
     "missing metadata",
     "output dir is a file",
     "bad shard line at merge",
+    "binary metadata",
+    "UTF-16 metadata",
+    "broken metadata line",
 ]
 
 
@@ -749,6 +764,12 @@ def test_corrupt_middle_line_names_file_and_line(listed_tones, tmp_path):
     shard = shard_file(out, 0, 1)
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text(lines[0] + "{garbage\n" + "".join(lines[1:]))
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b'{"audio": "c0.wav"}\n' + bytes(range(128, 256)))
+    wide = tmp_path / "wide.csv"
+    wide.write_text("audio\nc0.wav\n", encoding="utf-16")
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"audio": "c0.wav"}\n{"audio": "c1\x01.wav"}\n{"audio": "c2.wav"}\n')
     with pytest.raises(ValueError, match=rf"{shard}:2 is not valid JSON"):
         echo_build_listed(listed_tones, out)
 

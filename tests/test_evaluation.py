@@ -36,6 +36,7 @@ from desta_audio.evaluation.scoring import (
     open_answer_match,
     read_predictions,
     rescore,
+    results_markdown,
     score_predictions,
     strip_answer_prefix,
     word_error_rate,
@@ -129,17 +130,23 @@ def test_reference_results_rescore_like_the_official_script(tmp_path):
     ).read_text()
 
 
-def test_answer_not_among_its_choices_is_warned_and_counted(caplog):
-    """Such an item can never be scored right (or is scored against a typo): say so, naming it, once."""
+def test_answer_not_among_its_choices_is_never_scored_but_counted(caplog):
+    """Such an item can never be scored right (or is scored against a typo): it is left out of every score, named in
+    a warning once, and counted in results.json and results.md."""
+    base = {"format": "mcq", "choices": PEOPLE, "categories": {"t": "a"}}
     records = [
-        {"id": "q1", "format": "mcq", "choices": PEOPLE, "answer": "man.", "prediction": "Man"},
-        {"id": "q2", "format": "mcq", "choices": PEOPLE, "answer": "Dog", "prediction": "Dog"},
+        {**base, "id": "q1", "answer": "man.", "prediction": "Man"},
+        {**base, "id": "q2", "answer": "Dog", "prediction": "Dog"},
     ]
     with caplog.at_level(logging.WARNING, logger="desta_audio.evaluation"):
         results = score_predictions(records)
     assert results["answer_not_in_choices"] == ["q2"]
+    assert results["overall"] == {"n": 1, "correct": 1, "accuracy": 100.0}
+    assert results["groups"]["t"] == {"a": {"n": 1, "correct": 1, "accuracy": 100.0}}
+    assert "1 item(s) not scored: their answer is none of their choices: 'q2'" in results_markdown(results)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "'q2'" in warnings[0] and "'q1'" not in warnings[0], warnings
+    assert "not scored" in warnings[0]
     assert "answer_not_in_choices" not in score_predictions(records[:1])
 
 
@@ -222,6 +229,28 @@ def test_eval_data_errors_name_file_and_line(tmp_path, case, suffix, text, messa
     assert message in str(caught.value)
     if ":" in message[:3]:
         assert str(path) in str(caught.value)
+
+
+ROW = {"id": "a", "audio_id": "t.wav", "question": "Q?", "choices": ["x", "y"], "answer": "x"}
+
+
+@pytest.mark.parametrize(
+    "suffix, data, named",
+    [
+        (".jsonl", (json.dumps(ROW) + "\n").encode("utf-16"), ("is UTF-16 text, not UTF-8", "iconv -f UTF-16")),
+        (".json", json.dumps([ROW]).encode("utf-16-le"), ("is UTF-16 text, not UTF-8", "iconv -f UTF-16")),
+        (".json", json.dumps([ROW]).encode("utf-8") + b"\n\xe9\n", ("is not UTF-8 text: byte 0xe9 at line 2",)),
+        (".jsonl", b'{"id": "a"}\n{"id": "b\x01"}\n', (":2 is not valid JSON (Invalid control character at column",)),
+    ],
+    ids=["utf-16 jsonl", "utf-16 json without BOM", "latin-1 json", "control character"],
+)
+def test_eval_names_a_data_file_it_cannot_read(tmp_path, capsys, suffix, data, named):
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(data)
+    argv = ["eval", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--data-file", str(path)]  # no model load
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"desta-audio: error: {path}") and all(text in error for text in named), error
 
 
 # ----------------------------------------------------------------------------- smoke set and runs
@@ -416,6 +445,22 @@ def test_missing_inputs_fail_before_generating(tiny_parts, tmp_path, capsys):
 def test_builtin_retention_prompts():
     prompts = load_retention_prompts()
     assert 18 <= len(prompts) <= 25 and len({p.prompt for p in prompts}) == len(prompts)
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('{"prompt": "Hi"}\n{"prompt": "a\x01"}\n', ":2 is not valid JSON (Invalid control character at column"),
+        ('{"prompt": "Hi"}\n\n{"question": "Hi"}\n', ":3 has no 'prompt' field (it has ['question'])"),
+    ],
+    ids=["broken line", "no prompt"],
+)
+def test_retention_prompt_file_errors_name_file_and_line(tmp_path, text, named):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        load_retention_prompts(path)
+    assert str(caught.value).startswith(str(path)) and named in str(caught.value), caught.value
 
 
 def _assert_identical(report):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import inspect
-import json
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -20,6 +20,7 @@ from processing import DestaProcessor
 from processing.audio_io import TARGET_SAMPLING_RATE, AudioTooLongError, load_audio
 
 from ..dataset_loading import load_dataset_from, select_split
+from ..files import load_jsonl, read_text
 from .descriptions import Segment, format_value, parse_segments, seed_description, training_messages
 
 logger = logging.getLogger(__name__)
@@ -139,11 +140,10 @@ def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a CSV/TSV (header required) or JSON Lines file. A short CSV row lacks its last columns."""
     path = Path(path)
     if path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            return [{k: v for k, v in row.items() if k is not None and v is not None} for row in reader]
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        text = io.StringIO(read_text(path), newline="")
+        reader = csv.DictReader(text, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        return [{k: v for k, v in row.items() if k is not None and v is not None} for row in reader]
+    return load_jsonl(path)
 
 
 def scan_audio_dir(audio_dir: str | Path, audio_column: str) -> list[dict[str, str]]:

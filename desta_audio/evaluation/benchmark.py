@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..files import JsonlWriter, write_jsonl_atomic
+from ..files import JsonlWriter, read_json, write_jsonl_atomic
 from ..runtime import chunks, load_pipeline
 from ..serving.served_pipeline import ServedPipeline
 from .data import (
@@ -236,7 +236,7 @@ def evaluate_preset(
 def _preset_records(data_file, dataset, split: str, config: str | None):
     """`load_records`, plus a JSON object keyed by audio path (SAKURA's `metadata.json`) as one keyed record."""
     if data_file is not None and str(data_file).endswith(".json") and Path(data_file).is_file():
-        content = json.loads(Path(data_file).read_text(encoding="utf-8"))
+        content = read_json(data_file)
         if isinstance(content, dict):
             return [content]
     return load_records(data_file, dataset, split, config)

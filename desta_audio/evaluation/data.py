@@ -16,6 +16,7 @@ from typing import Any
 from processing import DEFAULT_SYSTEM_PROMPT, audio_chat
 
 from ..dataset_loading import load_dataset_from, resolve_audio_path, select_split
+from ..files import load_jsonl, read_json
 from .scoring import strip_answer_prefix
 
 logger = logging.getLogger(__name__)
@@ -69,33 +70,14 @@ def load_records(
         path = Path(data_file)
         if not path.exists():
             raise FileNotFoundError(f"data file not found: {path}")
-        return _read_jsonl_records(path) if path.suffix.lower() == ".jsonl" else _read_json_records(path)
+        return load_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_json_records(path)
     if not isinstance(dataset, (str, os.PathLike)):
         return dataset
     return select_split(load_dataset_from(dataset, config), split)
 
 
-def _read_jsonl_records(path: Path) -> list[dict]:
-    """Every line a JSON object; any bad line (the last one too: this is input, not a crash log) names file:line."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number} holds a JSON {type(row).__name__}, not a record object.")
-        rows.append(row)
-    return rows
-
-
 def _read_json_records(path: Path) -> list[dict]:
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno} is not valid JSON ({error.msg}, column {error.colno}).") from None
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise ValueError(f"{path} must hold a JSON list of records (or use .jsonl).")
     for index, row in enumerate(rows):

@@ -6,7 +6,6 @@ difference on the same continuations (given references, or the base's own greedy
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import jsonl_records, read_text
 from ..runtime import chunks, resolve_device
 from .scoring import write_report
 
@@ -40,11 +40,19 @@ def load_retention_prompts(path: str | os.PathLike | None = None) -> list[Retent
     path = Path(path) if path is not None else RETENTION_PROMPTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"retention prompts file not found: {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in lines if line]
-        return [RetentionPrompt(row["prompt"], row.get("reference")) for row in rows]
+        return [_retention_prompt(row, path, number) for number, row in jsonl_records(path)]
+    lines = [line.strip() for line in read_text(path).splitlines()]
     return [RetentionPrompt(line) for line in lines if line and not line.startswith("#")]
+
+
+def _retention_prompt(row: dict, path: Path, number: int) -> RetentionPrompt:
+    if "prompt" not in row:
+        raise ValueError(
+            f"{path}:{number} has no 'prompt' field (it has {sorted(row)}); every line needs "
+            '{"prompt": ..., "reference": ... (optional)}.'
+        )
+    return RetentionPrompt(row["prompt"], row.get("reference"))
 
 
 def unwrap_peft(model):

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import read_jsonl
+from ..files import jsonl_records, read_json
 from . import speech_ifeval, voicebench
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ def score_predictions(records: list[dict], group_by: Sequence[str] | None = None
     if len(formats) != 1:
         raise ValueError(f"Predictions mix formats {sorted(formats)}; score each format separately.")
     fmt = formats.pop()
+    unlisted = answers_not_in_choices(records) if fmt == "mcq" else []
+    records = [r for r in records if str(r["id"]) not in unlisted]
     fields = list(group_by) if group_by is not None else _category_fields(records)
     groups = {}
     for name in fields:
@@ -210,7 +212,6 @@ def score_predictions(records: list[dict], group_by: Sequence[str] | None = None
         "overall": _metrics(records, fmt),
         "groups": groups,
     }
-    unlisted = answers_not_in_choices(records) if fmt == "mcq" else []
     if unlisted:
         results["answer_not_in_choices"] = unlisted
     return results
@@ -218,7 +219,8 @@ def score_predictions(records: list[dict], group_by: Sequence[str] | None = None
 
 def answers_not_in_choices(records: list[dict]) -> list[str]:
     """Ids of multiple-choice items whose answer is none of their choices (a typo in the answer key, a shuffled
-    list): scored all the same, so warned about, once, naming them. Compared as MMAU's scorer sees text."""
+    list). Such an item can never be answered right, so it is never scored: it would only lower the accuracy. They
+    are warned about, once, naming them, and listed in the results. Compared as MMAU's scorer sees text."""
     ids = [
         str(r["id"])
         for r in records
@@ -226,7 +228,11 @@ def answers_not_in_choices(records: list[dict]) -> list[str]:
     ]
     if ids:
         shown = ", ".join(map(repr, ids[:20])) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
-        logger.warning("%d item(s) have an answer that is none of their choices, scored anyway: %s", len(ids), shown)
+        logger.warning(
+            "%d item(s) not scored: their answer is none of their choices (fix the answer key or the choices): %s",
+            len(ids),
+            shown,
+        )
     return ids
 
 
@@ -255,6 +261,10 @@ def results_markdown(results: dict) -> str:
     lines.append(row("overall", "all", results["overall"]))
     for group, values in results["groups"].items():
         lines.extend(row(group, value, metrics) for value, metrics in values.items())
+    unlisted = results.get("answer_not_in_choices", [])
+    if unlisted:
+        ids = ", ".join(map(repr, unlisted))
+        lines += ["", f"{len(unlisted)} item(s) not scored: their answer is none of their choices: {ids}"]
     return "\n".join(lines) + "\n"
 
 
@@ -279,7 +289,7 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
     if not Path(path).exists():
         return []
     records, seen = [], set()
-    for number, record in zip(record_line_numbers(path), read_jsonl(path)):
+    for number, record in jsonl_records(path, torn_tail=True):
         check_prediction(record, path, number)
         if record["id"] in seen:
             logger.warning("%s: duplicate prediction for id %r ignored", path, record["id"])
@@ -287,12 +297,6 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
         seen.add(record["id"])
         records.append(record)
     return records
-
-
-def record_line_numbers(path: str | os.PathLike) -> list[int]:
-    """The line number of each record `read_jsonl` yields: its non-blank lines, split as it splits them."""
-    lines = Path(path).read_bytes().split(b"\n")
-    return [number for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 def check_prediction(record: dict, path: str | os.PathLike, line: int) -> None:
@@ -334,7 +338,7 @@ def load_prediction_records(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"predictions file not found: {path}")
     if path.suffix.lower() == ".json":
-        return records_from_reference_results(json.loads(path.read_text()))
+        return records_from_reference_results(read_json(path))
     return read_predictions(path)
 
 
