@@ -51,9 +51,11 @@ def _jsonl_records(files: list[str], signature: list) -> Iterator[dict[str, Any]
 
 def jsonl_dataset(files: Sequence[str | os.PathLike], streaming: bool = False):
     """A `datasets` dataset of JSONL files read like `read_jsonl`: a torn last line (an interrupted writer) is
-    skipped with a warning, a bad line elsewhere is an error naming the file and line. The cache is keyed to the
-    files' sizes and modification times, so an edited file is read again."""
+    skipped with a warning, a bad line elsewhere is an error naming the file and line; files without a record give
+    an empty dataset. The cache is keyed to the files' sizes and modification times, so an edited file is read
+    again."""
     import datasets
+    from datasets.arrow_writer import SchemaInferenceError
 
     files = [os.fspath(f) for f in files]
     signature = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
@@ -64,6 +66,8 @@ def jsonl_dataset(files: Sequence[str | os.PathLike], streaming: bool = False):
     try:
         return datasets.Dataset.from_generator(_jsonl_records, gen_kwargs={"files": files, "signature": signature})
     except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, SchemaInferenceError):  # no record at all: the caller names what is empty
+            return datasets.Dataset.from_list([])
         if isinstance(error.__cause__, ValueError):  # read_jsonl's message names the file and line
             raise error.__cause__ from None
         raise

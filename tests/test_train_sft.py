@@ -910,6 +910,69 @@ def test_script_user_errors_are_one_line_without_traceback(case, llm_dir, whispe
     assert_one_line_error(run_script(args, cwd=tmp_path), *needles)
 
 
+def run_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """train_sft.py's `run(args)` in this process (fast: no model is loaded before these errors) and its last
+    stderr line."""
+    sys.path.insert(0, str(REPO_ROOT))
+    import train_sft
+
+    code = train_sft.run(args)
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    return code, (err.splitlines() or [""])[-1]
+
+
+def broken_data(tmp_path: Path) -> Path:
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"id": "r0"}\n{broken\n{"id": "r2"}\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    "model_flags, named",
+    [
+        (["--model_name_or_path", "ckpt", "--llm", "L"], ("--model_name_or_path ckpt", "--llm L", "not both")),
+        (["--model_name_or_path", "ckpt", "--whisper", "W"], ("--model_name_or_path ckpt", "--whisper W", "not both")),
+        (["--llm", "L"], ("--llm L", "--whisper")),
+        (["--whisper", "W"], ("--whisper W", "--llm")),
+        ([], ("--model_name_or_path", "--llm and --whisper")),
+    ],
+    ids=["checkpoint and llm", "checkpoint and whisper", "llm alone", "whisper alone", "no model"],
+)
+def test_model_source_is_checked_before_any_data_is_read(tmp_path, capsys, model_flags, named):
+    args = [*model_flags, "--data_files", str(broken_data(tmp_path)), "--output_dir", str(tmp_path / "out")]
+    code, last = run_in_process([*args, *CPU_TRAINING], capsys)
+    assert code == 2 and last.startswith("train_sft.py: error: ") and all(n in last for n in named), last
+
+
+@pytest.mark.skipif(is_torch_bf16_gpu_available(), reason="this GPU supports bf16")
+def test_precision_is_checked_before_any_data_is_read(tmp_path, capsys):
+    args = ["--llm", "L", "--whisper", "W", "--data_files", str(broken_data(tmp_path)), "--output_dir", str(tmp_path)]
+    for precision in (["--bf16", "true"], ["--config", str(REPO_ROOT / "recipes" / "desta25_sft.yaml")]):
+        code, last = run_in_process([*args, *precision, "--report_to", "none"], capsys)
+        assert code == 2 and "--bf16 true" in last and "--bf16 false" in last, last
+
+
+@pytest.mark.parametrize(
+    "content", ["", "\n\n", '{"id": "r0", "torn'], ids=["empty file", "blank lines", "only a torn last line"]
+)
+def test_a_dataset_without_records_is_named(tmp_path, capsys, content):
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    args = ["--llm", "L", "--whisper", "W", "--data_files", str(path), "--output_dir", str(tmp_path / "out")]
+    code, last = run_in_process([*args, *CPU_TRAINING], capsys)
+    assert code == 2 and f"--data_files {path}" in last and "no records" in last, last
+
+
+def test_a_build_dataset_folder_without_records_is_named(tmp_path, capsys):
+    """build_dataset.py skipped every row (all bad): its folder holds only empty record shards."""
+    folder = tmp_path / "built"
+    write_jsonl(folder / "records" / "shard-00000-of-00001.jsonl", [])
+    args = ["--llm", "L", "--whisper", "W", "--dataset_name", str(folder), "--output_dir", str(tmp_path / "out")]
+    code, last = run_in_process([*args, *CPU_TRAINING], capsys)
+    assert code == 2 and f"--dataset_name {folder}" in last and "split 'train' has no records" in last, last
+
+
 @pytest.mark.slow
 def test_script_debug_shows_the_traceback(llm_dir, whisper_dir, tmp_path):
     args = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), *CPU_TRAINING, "--output_dir", str(tmp_path / "o")]

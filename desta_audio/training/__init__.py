@@ -2,7 +2,7 @@
 default), `model` (load, freeze, LoRA), `data` (the training data), `collator` (audio batches with response-only
 labels), `trainer` (the trainer, the final save, the distributed exit) and `checkpoints` (resume and overwrite)."""
 
-from .arguments import DestaScriptArguments, DestaSFTConfig, default_bf16
+from .arguments import DestaScriptArguments, DestaSFTConfig, check_model_source, default_bf16
 from .checkpoints import (
     check_checkpoint_files,
     check_output_dir,
@@ -31,6 +31,7 @@ __all__ = [
     "build_trainer",
     "card_info_from_args",
     "check_checkpoint_files",
+    "check_model_source",
     "check_output_dir",
     "default_bf16",
     "freeze_for_sft",

@@ -67,6 +67,25 @@ class DestaScriptArguments(ScriptArguments):
     )
 
 
+def check_model_source(script_args: DestaScriptArguments, model_args) -> None:
+    """Refuse a model source that names too much or too little, before any data or weights are read: a Desta
+    checkpoint to continue (`--model_name_or_path`), or an LLM and a Whisper for a fresh connector, never both."""
+    checkpoint, llm, whisper = model_args.model_name_or_path, script_args.llm, script_args.whisper
+    components = " and ".join(f"--{name} {value}" for name, value in (("llm", llm), ("whisper", whisper)) if value)
+    if checkpoint and components:
+        raise ValueError(
+            f"--model_name_or_path {checkpoint} and {components} both name the model to train: give "
+            "--model_name_or_path (a Desta checkpoint to continue) or --llm and --whisper (a fresh connector), not both."
+        )
+    if checkpoint:
+        return
+    if not components:
+        raise ValueError("Give --model_name_or_path (a Desta checkpoint), or --llm and --whisper (a fresh connector).")
+    if not (llm and whisper):
+        missing = "--whisper" if llm else "--llm"
+        raise ValueError(f"{components} needs {missing} too: a fresh connector joins an LLM and a Whisper.")
+
+
 class DestaSFTConfig(SFTConfig):
     """`SFTConfig` whose `--bf16` default follows the machine: TRL turns bf16 on everywhere, which ends a run on a
     machine without bfloat16 support in transformers' "Your setup doesn't support bf16/gpu" traceback.

@@ -33,7 +33,26 @@ def load_sft_dataset(script_args: DestaScriptArguments):
         raise ValueError("Give --dataset_name (Hub id or folder) or --data_files.")
     else:
         loaded = load_dataset_from(name, script_args.dataset_config, streaming)
-    return as_dataset_dict(loaded, script_args.dataset_train_split)
+    dataset = as_dataset_dict(loaded, script_args.dataset_train_split)
+    check_has_records(dataset, script_args)
+    return dataset
+
+
+def check_has_records(dataset, script_args: DestaScriptArguments) -> None:
+    """Name a training split without records (an empty file, blank lines only, every line skipped) before the
+    trainer fails on it with "Please pass `features` or at least one example". A streamed split is not counted."""
+    import datasets
+
+    split = script_args.dataset_train_split
+    train = dataset.get(split)
+    if not isinstance(train, datasets.Dataset) or len(train):
+        return
+    files = script_args.data_files
+    source = f"--data_files {' '.join(files)}" if files else f"--dataset_name {script_args.dataset_name}"
+    raise ValueError(
+        f"{source}: split {split!r} has no records (an empty file, only blank lines, or every line skipped); "
+        "training needs at least one record."
+    )
 
 
 def is_local_file_name(name: str) -> bool:
