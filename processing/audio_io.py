@@ -28,6 +28,8 @@ AUDIO_SOURCE_KEYS = ("path", "audio", "url", "array")
 TRUNCATION_TOLERANCE_S = 0.05
 # Sampling rates an array may declare: telephone audio to the highest studio rates.
 MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1000, 768000
+# A 2-D array's channel axis holds at most this many channels (7.1 surround), so it is never mistaken for time.
+MAX_ARRAY_CHANNELS = 8
 INTEGER_SCALES = {np.dtype(np.int8): 2**7, np.dtype(np.int16): 2**15, np.dtype(np.int32): 2**31}
 _INTERNAL_LOCATION = re.compile(r"(?:[\w.]+, )?\S*/\S+\.(?:cpp|cc|h|hpp|py):\d+,?\s*")
 DEFAULT_POLICY = AudioSourcePolicy()
@@ -75,9 +77,10 @@ def load_audio(
 
     `source` may be a local path, an http(s) URL, raw bytes, a numpy array or torch tensor (taken to be at
     `sampling_rate` already), a `{"array", "sampling_rate"}` or `{"path"|"bytes"}` dict (what `datasets`
-    yields), or a torchcodec `AudioDecoder` (what `datasets.Audio` yields in datasets >= 4). Paths, URLs and
-    bytes must be allowed by `policy` (default: everything, for local use). Audio over `max_seconds` raises
-    `AudioTooLongError` before it is decoded in full.
+    yields), or a torchcodec `AudioDecoder` (what `datasets.Audio` yields in datasets >= 4). A 2-D array is
+    (channels, samples) or (samples, channels), told apart by `channel_axis`, and its channels are averaged.
+    Paths, URLs and bytes must be allowed by `policy` (default: everything, for local use). Audio over
+    `max_seconds` raises `AudioTooLongError` before it is decoded in full.
     """
     policy = policy or DEFAULT_POLICY
     if isinstance(source, dict):
@@ -129,11 +132,24 @@ def as_float_array(array) -> np.ndarray:
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:
-    """Average channels. 2-D input is (channels, samples) unless the first axis is clearly the time axis."""
+    """Average the channels of an array whose layout is not known (see `channel_axis`)."""
     if waveform.ndim == 1:
         return waveform.astype(np.float32, copy=False)
-    channels_first = waveform.shape[0] <= waveform.shape[1]
-    return waveform.mean(axis=0 if channels_first else 1).astype(np.float32)
+    return waveform.mean(axis=channel_axis(waveform.shape)).astype(np.float32)
+
+
+def channel_axis(shape: tuple[int, int]) -> int:
+    """The channel axis of a 2-D audio array, (channels, samples) or (samples, channels): the shorter axis, which
+    must hold at most `MAX_ARRAY_CHANNELS`. A shape without such an axis, e.g. (64, 10) (64 channels of 10 samples,
+    or 10 samples of 64 channels?) or (2, 2), is refused rather than guessed."""
+    axis = 0 if shape[0] < shape[1] else 1
+    if shape[0] == shape[1] or shape[axis] > MAX_ARRAY_CHANNELS:
+        raise AudioDecodeError(
+            f"an audio array of shape {tuple(shape)} has no channel axis: 2-D audio is (channels, samples) or "
+            f"(samples, channels), with at most {MAX_ARRAY_CHANNELS} channels on the shorter axis. Pass a 1-D array "
+            "of samples (e.g. average the channels yourself), or the clip as (channels, samples)."
+        )
+    return axis
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -284,7 +300,7 @@ def _from_decoder(decoder, sampling_rate: int, name: str, max_seconds=None) -> n
             return np.zeros(0, dtype=np.float32)  # the caller reports the empty clip
         raise AudioDecodeError(f"could not decode audio from {name}: torchcodec: {_clean_message(error)}") from None
     rate = int(samples.sample_rate)
-    waveform = to_mono(samples.data.float().numpy())
+    waveform = samples.data.float().mean(dim=0).numpy()  # torchcodec's layout is (channels, samples)
     _check_duration(len(waveform) / rate, max_seconds, name, decoded=True)
     _warn_if_truncated(len(waveform) / rate, declared, name)
     return resample(waveform, rate, sampling_rate)

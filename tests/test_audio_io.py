@@ -155,6 +155,9 @@ ARRAY_CASES = [
     ("string list", {"array": ["a", "b"], "sampling_rate": 16000}, "got dtype <U1"),
     ("ragged list", {"array": [[0.0, 0.1], [0.2]], "sampling_rate": 16000}, "must be rectangular"),
     ("3-D array", {"array": np.zeros((2, 2, 2), np.float32), "sampling_rate": 16000}, "got shape"),
+    ("64 x 10 array", {"array": np.zeros((64, 10), np.float32), "sampling_rate": 16000}, r"shape \(64, 10\) has no"),
+    ("10 x 64 array", np.zeros((10, 64), np.float32), r"shape \(10, 64\) has no channel axis"),
+    ("square array", np.zeros((2, 2), np.float32), r"shape \(2, 2\) has no channel axis"),
     ("NaN samples", {"array": np.full(100, np.nan, np.float32), "sampling_rate": 16000}, "NaN or infinite"),
     ("None audio", None, "has no audio"),
 ]
@@ -164,6 +167,19 @@ ARRAY_CASES = [
 def test_bad_arrays_are_refused_clearly(case, source, message):
     with pytest.raises(AudioDecodeError, match=message):
         load_audio(source, max_seconds=600)
+
+
+def test_the_channel_axis_is_the_short_one_of_at_most_eight(audio_dir):
+    """(channels, samples) and (samples, channels) give the same clip; the message of a shape that is neither says
+    the rule and the fix."""
+    channels = np.stack([np.full(1000, 0.2, np.float32), np.full(1000, 0.4, np.float32)])
+    for layout in (channels, channels.T, torch.from_numpy(channels), {"array": channels.T, "sampling_rate": 16000}):
+        np.testing.assert_allclose(load_audio(layout), np.full(1000, 0.3, np.float32), atol=1e-6)
+    assert load_audio(np.zeros((8, 9), np.float32)).shape == (9,) and load_audio(np.zeros((9, 8))).shape == (9,)
+    with pytest.raises(AudioDecodeError) as caught:
+        load_audio(np.zeros((64, 10), np.float32))
+    assert "(channels, samples) or (samples, channels)" in str(caught.value)
+    assert "at most 8 channels" in str(caught.value) and "1-D array" in str(caught.value)
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.int16, 32767), (np.int32, 2**31 - 1), (np.int8, 127)])
