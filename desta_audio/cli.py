@@ -281,6 +281,14 @@ def add_eval_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument(
+        "--mcq-scoring",
+        choices=["generate", "likelihood"],
+        default="generate",
+        help="multiple choice by generation and MMAU's string match (default), or by the choice whose answer text "
+        "'The correct answer is: \"CHOICE\"' has the highest summed log-probability after the same prompt (model "
+        "in this process only, not with --base-url)",
+    )
+    parser.add_argument(
         "--base-url",
         help="benchmark a DeSTA served behind this OpenAI-compatible API root (e.g. vLLM with this package's plugin: "
         "http://127.0.0.1:8000/v1) instead of loading it here; --model is the served model's name (a local folder "
@@ -346,6 +354,7 @@ def benchmark_run_options(args: argparse.Namespace) -> dict:
         "base_url": args.base_url,
         "batch_size": args.batch_size,
         "no_asr": args.no_asr,
+        "mcq_scoring": args.mcq_scoring,
     }
 
 
@@ -356,7 +365,7 @@ def run_preset(args: argparse.Namespace) -> int:
     judge = None
     if args.judge_base_url:
         judge = ev.JudgeSettings(args.judge_base_url, args.judge_model, args.judge_api_key_env)
-    results = ev.evaluate_preset(
+    ev.evaluate_preset(
         args.benchmark,
         args.model,
         args.output_dir,
@@ -366,7 +375,7 @@ def run_preset(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         **benchmark_run_options(args),
     )
-    sys.stdout.write(ev.results_markdown(results))
+    sys.stdout.write((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))  # as written by the run
     return 0
 
 
@@ -399,6 +408,11 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--model is required to run a benchmark or the retention check")
     if args.base_url and args.retention:
         raise ValueError("--base-url serves benchmarks only; the retention check needs the model's weights here")
+    if args.base_url and args.mcq_scoring == "likelihood":
+        raise ValueError(
+            "--mcq-scoring likelihood needs the model's log-probabilities in this process; drop --base-url to score a "
+            "served model's choices by likelihood"
+        )
     if not args.base_url:
         resolve_device(args.device)
         check_model(args.model)

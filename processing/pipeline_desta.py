@@ -94,6 +94,25 @@ class DestaAudioTextToTextPipeline(Pipeline):
         return {"text": text, "waveforms": waveforms, "transcripts": [item.get("transcript") for item in audio_items]}
 
     def _forward(self, batch: list[dict], generate_kwargs=None, asr_options: dict | None = None) -> list[dict]:
+        encoded, audio_embeds, transcripts = self.model_inputs(batch, asr_options)
+        generated = self.model.generate(
+            **encoded, audio_embeds=audio_embeds, **pipeline_generate_kwargs(self, generate_kwargs or {})
+        )
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        outputs, offset = [], 0
+        for row, item in enumerate(batch):
+            count = len(item["waveforms"])
+            outputs.append({"generated_ids": new_tokens[row], "transcripts": transcripts[offset : offset + count]})
+            offset += count
+        return outputs
+
+    def model_inputs(
+        self, batch: list[dict], asr_options: dict | None = None
+    ) -> tuple[dict, torch.Tensor | None, list[str]]:
+        """What the model is asked for a batch of `preprocess` outputs: the left-padded `input_ids` /
+        `attention_mask` on the model's device, the connector's `audio_embeds` (None without audio) and every clip's
+        transcript (given, or heard by Whisper on the same encoder pass). Generation and option scoring
+        (`desta_audio.evaluation.likelihood`) both start here, so both see the same prompt."""
         waveforms = [waveform for item in batch for waveform in item["waveforms"]]
         transcripts = [transcript for item in batch for transcript in item["transcripts"]]
         audio_embeds, window_counts = None, []
@@ -109,17 +128,7 @@ class DestaAudioTextToTextPipeline(Pipeline):
                 )
         encoded = self.processor.encode_text([item["text"] for item in batch], window_counts, transcripts)
         self._warn_if_too_long(encoded["input_ids"].shape[1])
-        encoded = {key: value.to(self.device) for key, value in encoded.items()}
-        generated = self.model.generate(
-            **encoded, audio_embeds=audio_embeds, **pipeline_generate_kwargs(self, generate_kwargs or {})
-        )
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        outputs, offset = [], 0
-        for row, item in enumerate(batch):
-            count = len(item["waveforms"])
-            outputs.append({"generated_ids": new_tokens[row], "transcripts": transcripts[offset : offset + count]})
-            offset += count
-        return outputs
+        return {key: value.to(self.device) for key, value in encoded.items()}, audio_embeds, transcripts
 
     def _warn_if_too_long(self, length: int) -> None:
         """A prompt (audio and transcripts included) longer than the LLM's positions gives garbage, not an error."""

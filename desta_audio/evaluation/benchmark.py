@@ -30,6 +30,7 @@ from .data import (
     resolve_system_prompt,
 )
 from .judge import JudgeSettings, judge_model_of, judge_records, saved_replies
+from .likelihood import SCORING_MODES, choice_outputs
 from .presets import own_output_records, preset
 from .scoring import RESULTS_JSON, load_prediction_records, read_predictions, score_predictions, write_results
 
@@ -90,17 +91,21 @@ def run_benchmark(
     no_asr: bool = False,
     group_by: Sequence[str] | None = None,
     score=None,
+    mcq_scoring: str = "generate",
 ) -> dict:
     """Ask every item not yet in `output_dir/predictions.jsonl` (greedy), append each batch's answers, then score
     (`score_predictions`, or `score(records)` for a preset that judges or aggregates its own way).
 
-    Items already answered there are never asked again, so an interrupted run resumes by running it again.
-    The results (also written as `results.json` / `results.md`) cover this run's items only.
+    `mcq_scoring="likelihood"` answers each multiple-choice item with its most likely choice instead of generating
+    (`likelihood.choice_outputs`; the model must run in this process). Items already answered there are never asked
+    again, so an interrupted run resumes by running it again. The results (also written as `results.json` /
+    `results.md`) cover this run's items only.
     """
     if fmt not in FORMATS + PRESET_FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    check_mcq_scoring(mcq_scoring, pipe, fmt, items)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = output_dir / PREDICTIONS_FILE
@@ -112,6 +117,8 @@ def run_benchmark(
             "system_prompt": resolve_system_prompt(fmt, system_prompt),
             "max_new_tokens": max_new_tokens,
             "no_asr": no_asr,
+            # only when set: folders answered before the option existed stay valid
+            **({"mcq_scoring": mcq_scoring} if mcq_scoring != "generate" else {}),
         },
     )
     done = current_predictions(predictions_path, items)
@@ -127,7 +134,10 @@ def run_benchmark(
     ):
         for batch in chunks(todo, batch_size):
             conversations = [build_conversation(item, fmt, system_prompt, no_asr) for item in batch]
-            outputs = pipe(conversations, batch_size=len(batch), max_new_tokens=max_new_tokens, do_sample=False)
+            if mcq_scoring == "likelihood":
+                outputs = choice_outputs(pipe, conversations, [item.choices for item in batch])
+            else:
+                outputs = pipe(conversations, batch_size=len(batch), max_new_tokens=max_new_tokens, do_sample=False)
             sink.write(prediction_record(item, fmt, output) for item, output in zip(batch, outputs, strict=True))
             progress.update(len(batch))
     wanted = {item.id for item in items}
@@ -135,6 +145,21 @@ def run_benchmark(
     results = score_predictions(records, group_by) if score is None else score(records)
     write_results(results, output_dir)
     return results
+
+
+def check_mcq_scoring(mcq_scoring: str, pipe, fmt: str, items: Sequence[EvalItem]) -> None:
+    """Likelihood scoring needs multiple-choice items and the model's weights in this process."""
+    if mcq_scoring not in SCORING_MODES:
+        raise ValueError(f"--mcq-scoring must be one of {SCORING_MODES}; got {mcq_scoring!r}")
+    if mcq_scoring == "generate":
+        return
+    if isinstance(pipe, ServedPipeline):
+        raise ValueError(
+            "--mcq-scoring likelihood needs the model's log-probabilities in this process; it cannot score a model "
+            "served at --base-url. Drop --base-url (or use --mcq-scoring generate)."
+        )
+    if fmt != "mcq" or any(not item.choices for item in items):
+        raise ValueError(f"--mcq-scoring likelihood scores multiple-choice items (with choices); this is {fmt!r} data")
 
 
 def evaluate_benchmark(
@@ -220,17 +245,25 @@ def evaluate_preset(
         raise ValueError(f"The {name} data has no records.")
     logger.info("%s: %d items", name, len(items))
     pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype)
-    return run_benchmark(
-        pipe,
-        items,
-        output_dir,
-        spec.fmt,
-        max_new_tokens=max_new_tokens or spec.max_new_tokens,
-        system_prompt=spec.system_prompt if system_prompt is None else system_prompt,
-        group_by=list(spec.group_by),
-        score=lambda predictions: {**score_preset(spec, predictions, output_dir, judge), **run_identity},
-        **run_kwargs,
-    )
+
+    def run(items: list[EvalItem], folder, subset: str | None) -> dict:
+        return run_benchmark(
+            pipe,
+            items,
+            folder,
+            spec.fmt,
+            max_new_tokens=max_new_tokens or spec.max_new_tokens,
+            system_prompt=spec.system_prompt if system_prompt is None else system_prompt,
+            group_by=list(spec.group_by),
+            score=lambda predictions: {
+                **score_preset(spec, predictions, folder, judge),
+                **run_identity,
+                "subset": subset,
+            },
+            **run_kwargs,
+        )
+
+    return spec.passes(run, items, output_dir) if spec.passes else run(items, output_dir, subset)
 
 
 def _preset_records(data_file, dataset, split: str, config: str | None):
@@ -272,6 +305,8 @@ def rescore_preset(name: str, predictions_path: str | os.PathLike, output_dir: s
 
 def _scored(spec, records: list[dict], replies: dict[str, list[str]] | None, judge_model: str | None) -> dict:
     group_by = list(spec.group_by)
+    if replies is None and spec.offline_score is not None:
+        return {**spec.offline_score(records), "benchmark": spec.name, "scored_by": "offline"}
     if replies is None:
         if spec.offline_verdict is not None:
             records = [{**r, "verdict": spec.offline_verdict(r)} for r in records]

@@ -9,6 +9,8 @@ an aggregate of runs:
   leaderboard averages it with PEDANT, not implemented), so such an Overall is marked not comparable.
 - Speech-IFEval: each part's follow rate; IFrate, the mean of the three parts, when all three are scored.
 - Dynamic-SUPERB: the unweighted mean of task accuracies (`dynamic_superb.aggregate`).
+- hearing: the probe's table over its three passes (audio, text oracle, deaf control; `hearing.table`), which a
+  hearing run writes itself.
 Every input is a `results.json` written by a preset run (`benchmark`, `source`, `subset`, `overall`, `groups`).
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 
-from . import dynamic_superb, speech_ifeval, voicebench
+from . import dynamic_superb, hearing, speech_ifeval, voicebench
 
 SAKURA_TRACKS = ("Animal", "Emotion", "Gender", "Language")
 VOICEBENCH_COLUMN_METRIC = {
@@ -49,6 +51,7 @@ def combine_runs(benchmark: str, paths: Sequence[str | Path]) -> dict:
         "voicebench": _voicebench,
         "speech-ifeval": _speech_ifeval,
         "dynamic-superb": _dynamic_superb,
+        "hearing": hearing.table,
     }
     if benchmark not in combiners:
         raise ValueError(f"{benchmark} is scored in one run; --combine takes {', '.join(combiners)}.")

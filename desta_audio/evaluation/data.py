@@ -197,7 +197,10 @@ def resolve_system_prompt(fmt: str, system_prompt: str | None = None) -> str:
 
 
 def build_conversation(item: EvalItem, fmt: str, system_prompt: str | None = None, no_asr: bool = False) -> list[dict]:
-    """System prompt, then one user turn: the audio, a blank line, the question (reference: `<|AUDIO|>\\n\\n{q}`)."""
+    """System prompt, then one user turn: the audio, a blank line, the question (reference: `<|AUDIO|>\\n\\n{q}`).
+    An item without audio (the hearing probe's text oracle) is asked as text alone."""
+    if item.audio is None:
+        return audio_chat([], user_text(item, fmt), resolve_system_prompt(fmt, system_prompt))
     audio = (
         {"type": "audio", "path": item.audio} if isinstance(item.audio, str) else {"type": "audio", "audio": item.audio}
     )
@@ -224,4 +227,6 @@ def prediction_record(item: EvalItem, fmt: str, output: dict) -> dict:
         "transcripts": output.get("transcripts", []),
         "item_sha256": item_fingerprint(item),
         **({"extra": item.extra} if item.extra else {}),
+        # option likelihood scoring: every choice's summed log-probability and token count (`likelihood.py`)
+        **{key: output[key] for key in ("choice_logprobs", "choice_tokens") if key in output},
     }

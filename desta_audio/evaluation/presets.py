@@ -14,6 +14,7 @@ are documented where known; `--system-prompt` and `--max-new-tokens` override th
 | sakura | `SLLM-multi-hop/<Track>QA`, or the repo's `metadata.json`/`.csv` | judge (official), MMAU rule on the listed options (proxy) | accuracy per track and hop |
 | voicebench | `hlt-lab/voicebench`, `--subset NAME` | offline (mcq, bbh, advbench); judge (open, sd-qa) | the subset's column |
 | dynamic-superb | `DynamicSuperb/<Task>_<Dataset>` | judge (our restated prompt), options match (proxy) | accuracy per task |
+| hearing | the lab's `probe/probe.jsonl` (`desta-audio lab`) | offline: MMAU's string match | per task and minimal group, beside a text oracle, a deaf control and chance |
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from ..dataset_loading import resolve_audio_path
-from . import dynamic_superb, speech_ifeval
+from . import dynamic_superb, hearing, speech_ifeval
 from . import voicebench as vb
 from .data import AUDIO_COLUMN_CANDIDATES, MMAU_SYSTEM_PROMPT, BenchmarkColumns, EvalItem, build_items, first_present
 from .judge_prompts import judge_prompt
@@ -63,6 +64,11 @@ class Preset:
     notes: str = ""
     # VoiceBench publishes one dataset configuration per subset: --subset is also the configuration to load.
     subset_is_config: bool = False
+    # Scores of a run's prediction records, for a preset that reports more than `score_predictions` (hearing).
+    offline_score: Callable[[list[dict]], dict] | None = None
+    # A preset asked in several passes (hearing: audio, text oracle, deaf control): `passes(run, items, output_dir)`
+    # runs each as `run(items, folder, subset)` and returns the combined results.
+    passes: Callable | None = None
 
 
 # ----------------------------------------------------------------------------- MMAU and MMAR
@@ -292,6 +298,12 @@ PRESETS = {
         judging=Judging(dynamic_superb_messages, dynamic_superb_verdict, None, "dynamic_superb.v1"),
         offline_verdict=dynamic_superb_proxy,
         notes="The judge prompt is a restatement (the official one could not be read); see dynamic_superb.py.",
+    ),
+    "hearing": Preset(
+        "hearing", "the lab's probe (desta-audio lab OUT: OUT/probe/probe.jsonl)", "mcq", hearing.probe_items,
+        MMAU_SYSTEM_PROMPT, 64, group_by=("task",), offline_score=hearing.score_pass, passes=hearing.run_passes,
+        notes="Three passes, each in its own folder: audio, text-oracle (the true description, no audio) and deaf "
+        "(silence of the same length); results.json is their table.",
     ),
 }  # fmt: skip
 

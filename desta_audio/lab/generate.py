@@ -151,6 +151,8 @@ def make_lab(
     jobs: int = 2,
 ) -> list[dict]:
     """Write the given splits (default: train and probe, `DEFAULT_CLIPS` each); returns their manifests."""
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise NotADirectoryError(f"{output_dir} is a file; the lab writes its splits into a folder")
     sizes = {**DEFAULT_CLIPS, **(clips or {})}
     unknown = [split for split in splits if split not in SPLITS]
     if unknown:

@@ -49,7 +49,7 @@ def clip_counts(total: int) -> dict[str, int]:
     """How many twin pairs, triplets, tones, noise and silence clips make `total` clips."""
     if not MIN_CLIPS <= total <= MAX_CLIPS:
         raise ValueError(
-            f"a lab split holds {MIN_CLIPS} to {MAX_CLIPS} clips (about 30 kB each); got {total}. "
+            f"a lab split holds {MIN_CLIPS} to {MAX_CLIPS} clips (about 90 kB each); got {total}. "
             "Build several labs with other seeds for more."
         )
     counts = {
