@@ -180,15 +180,23 @@ def _checked_target(url: str, policy: AudioSourcePolicy, deadline: float) -> tup
             f"audio URL {url!r}: host {host!r} resolves to a private, loopback or link-local address, which the "
             "audio policy does not allow (list it in allowed_hosts to fetch it anyway)."
         )
-    _remaining(deadline, url)
+    _remaining(deadline, url, policy)
     return parsed, addresses[0]
 
 
-def _remaining(deadline: float, url: str) -> float:
+def _remaining(deadline: float, url: str, policy: AudioSourcePolicy) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise AudioSourceError(f"could not download audio from {url}: took longer than the download deadline.")
+        raise _deadline_error(url, policy)
     return left
+
+
+def _deadline_error(url: str, policy: AudioSourcePolicy) -> AudioSourceError:
+    return AudioSourceError(
+        f"could not download audio from {url}: took longer than the download deadline (the audio policy's "
+        f"download_timeout_s={policy.download_timeout_s:g} s); raise download_timeout_s (audio_policy="
+        "{'download_timeout_s': ...}) for a slow server, or fetch the file yourself and pass its path."
+    )
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -223,8 +231,8 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
         except AudioSourceError as error:
             raise AudioSourceError(f"{error} (redirected from {url})" if current != url else str(error)) from None
         connection_class = _PinnedHTTPSConnection if parsed.scheme.lower() == "https" else _PinnedHTTPConnection
-        connection = connection_class(parsed.hostname, parsed.port, address, _remaining(deadline, url))
-        watchdog = _abort_at_deadline(connection, deadline)
+        connection = connection_class(parsed.hostname, parsed.port, address, _remaining(deadline, url, policy))
+        watchdog = _DeadlineWatchdog(connection, deadline)
         try:
             target = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
             connection.request("GET", target, headers={"User-Agent": "desta-audio", "Accept-Encoding": "identity"})
@@ -237,9 +245,11 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
                 raise AudioSourceError(
                     f"could not download audio from {url}: HTTP {response.status} {response.reason}."
                 )
-            return _read_body(response, sock, url, policy, deadline)
+            return _read_body(response, sock, url, policy, deadline, watchdog)
         except (OSError, http.client.HTTPException) as error:
-            _remaining(deadline, url)  # the watchdog's abort reads as the deadline it is
+            if watchdog.fired.is_set():  # the watchdog's abort reads as the deadline it is
+                raise _deadline_error(url, policy) from None
+            _remaining(deadline, url, policy)
             raise AudioSourceError(f"could not download audio from {url}: {error or type(error).__name__}.") from None
         finally:
             watchdog.cancel()
@@ -247,46 +257,66 @@ def download(url: str, policy: AudioSourcePolicy) -> bytes:
     raise AudioSourceError(f"could not download audio from {url}: more than {policy.max_redirects} redirects.")
 
 
-def _abort_at_deadline(connection, deadline: float) -> threading.Timer:
-    """A timer that shuts the connection's socket at `deadline`, so one wall-clock deadline covers connecting, the
-    TLS handshake, the status line and headers (read by `getresponse()` under a per-read timeout a server can drip
-    under) and the body."""
+class _DeadlineWatchdog:
+    """Shuts the connection's socket at `deadline`, so one wall-clock deadline covers connecting, the TLS handshake,
+    the status line and headers (read by `getresponse()` under a per-read timeout a server can drip under) and the
+    body. A body read it cuts short ends like a finished one (http.client returns no error for a body short of its
+    Content-Length); `fired` tells the two apart, so cut bytes are never taken for the download."""
 
-    def abort():
-        sock = connection.sock
+    def __init__(self, connection, deadline: float):
+        self.connection = connection
+        self.fired = threading.Event()
+        self.timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.abort)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def abort(self) -> None:
+        self.fired.set()
+        sock = self.connection.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), abort)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
-def _read_body(response, sock, url: str, policy: AudioSourcePolicy, deadline: float) -> bytes:
-    """Read at most `max_download_bytes`, one socket read at a time so the total deadline holds against a drip."""
+def _read_body(response, sock, url: str, policy: AudioSourcePolicy, deadline: float, watchdog) -> bytes:
+    """Read at most `max_download_bytes`, one socket read at a time so the total deadline holds against a drip;
+    a body that ends short of its Content-Length (cut at the deadline, or a closed connection) is an error."""
     declared = response.getheader("Content-Length")
-    if declared and declared.isdigit() and int(declared) > policy.max_download_bytes:
+    declared = int(declared) if declared and declared.isdigit() else None
+    if declared is not None and declared > policy.max_download_bytes:
         raise AudioSourceError(
-            f"audio URL {url} declares {int(declared)} bytes, over the policy's max_download_bytes="
+            f"audio URL {url} declares {declared} bytes, over the policy's max_download_bytes="
             f"{policy.max_download_bytes}."
         )
     body = bytearray()
     while True:
-        sock.settimeout(_remaining(deadline, url))
+        sock.settimeout(_remaining(deadline, url, policy))
         try:
             chunk = response.read1(READ_CHUNK)
         except TimeoutError:
-            _remaining(deadline, url)
+            _remaining(deadline, url, policy)
             raise
         if not chunk:
-            return bytes(body)
+            return _whole_body(body, declared, url, policy, watchdog)
         body += chunk
         if len(body) > policy.max_download_bytes:
             raise AudioSourceError(
                 f"audio URL {url} sent more than the policy's max_download_bytes={policy.max_download_bytes}."
             )
-        _remaining(deadline, url)
+        _remaining(deadline, url, policy)
+
+
+def _whole_body(body: bytearray, declared: int | None, url: str, policy: AudioSourcePolicy, watchdog) -> bytes:
+    if watchdog.fired.is_set():
+        raise _deadline_error(url, policy)
+    if declared is not None and len(body) < declared:
+        raise AudioSourceError(
+            f"could not download audio from {url}: the server closed the connection after {len(body)} of the "
+            f"{declared} bytes it declared; try again, or fetch the file yourself and pass its path."
+        )
+    return bytes(body)

@@ -126,6 +126,22 @@ def _drip(handler) -> None:
         time.sleep(0.3)
 
 
+def _zeros(handler) -> None:
+    """An HTTP/1.1 body of 25,600 declared bytes sent 64 zero bytes every 0.05 s: still coming at the deadline, on a
+    kept-alive connection whose socket the deadline's watchdog shuts."""
+    handler.protocol_version = "HTTP/1.1"
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(64 * 400))
+    handler.end_headers()
+    for _ in range(400):
+        try:
+            handler.wfile.write(bytes(64))
+            handler.wfile.flush()
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def _endless(handler) -> None:
     handler.send_response(200)
     handler.end_headers()
@@ -150,6 +166,8 @@ def servers(audio_dir):
             "/to-file": lambda h: _send(h, 302, headers={"Location": "file:///etc/passwd"}),
             "/loop": lambda h: _send(h, 302, headers={"Location": "/loop"}),
             "/drip": _drip,
+            "/zeros": _zeros,
+            "/short": lambda h: _send(h, 200, b"RIFF" + bytes(60), headers={"Content-Length": "1000"}),
             "/endless": _endless,
             "/big": lambda h: _send(h, 200, b"RIFF", headers={"Content-Length": str(10**10)}),
             "/missing": lambda h: _send(h, 404),
@@ -173,6 +191,13 @@ URL_CASES = [
     ("redirect to file:// is refused", "/to-file", {}, "scheme 'file' is not allowed"),
     ("redirect loop stops", "/loop", {"max_redirects": 3}, "more than 3 redirects"),
     ("slow drip hits the total deadline", "/drip", {"download_timeout_s": 1.5}, "longer than the download deadline"),
+    (
+        "body cut at the deadline is never decoded",
+        "/zeros",
+        {"download_timeout_s": 1.0},
+        r"took longer than the download deadline \(the audio policy's download_timeout_s=1 s\); raise",
+    ),
+    ("body short of its length is refused", "/short", {}, "closed the connection after 64 of the 1000 bytes"),
     ("endless body hits the byte cap", "/endless", {"max_download_bytes": 2_000_000}, "sent more than"),
     ("declared oversized body refused", "/big", {"max_download_bytes": 2_000_000}, "declares 10000000000 bytes"),
     ("HTTP error names the URL", "/missing", {}, "HTTP 404"),
@@ -187,6 +212,24 @@ def test_url_attacks_end_in_one_clear_error(servers, case, path, settings, messa
         load_audio(url, policy=_outer_only(servers, **settings))
     assert url in str(caught.value)
     assert time.monotonic() - started < 10
+
+
+def test_a_body_cut_at_the_deadline_is_never_decoded(servers, monkeypatch):
+    """The deadline's watchdog and the socket's own timeout end a dripping body at the same moment; when the watchdog
+    wins, the read sees an end of stream. Those cut bytes must not reach the format check ("not a recognised audio
+    file"): the error is the deadline, with the URL and the setting to raise. The watchdog is made to win here."""
+    import processing.audio_sources as sources
+
+    make_watchdog = sources._DeadlineWatchdog
+    monkeypatch.setattr(
+        sources, "_DeadlineWatchdog", lambda connection, deadline: make_watchdog(connection, deadline - 0.5)
+    )
+    url = servers["outer"] + "/zeros"
+    with pytest.raises(AudioSourceError) as caught:
+        load_audio(url, policy=_outer_only(servers, download_timeout_s=1.5))
+    message = str(caught.value)
+    assert message.startswith(f"could not download audio from {url}: took longer than the download deadline"), message
+    assert "download_timeout_s=1.5 s" in message
 
 
 def test_listed_host_is_fetched_and_the_redirect_target_is_not(servers, audio_dir):
