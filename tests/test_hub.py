@@ -306,6 +306,28 @@ def test_model_card_refuses_missing_facts(converted_dir, facts, named):
         render_model_card(DestaConfig.from_pretrained(converted_dir), facts)
 
 
+@pytest.mark.parametrize(
+    "facts, named",
+    [
+        (card_facts(evaluation="70.1 on MMAU"), "facts['evaluation'] must be a mapping ({'source': ..., 'results'"),
+        (card_facts(training=["steps: 10"]), "facts['training'] must be a mapping; got a list"),
+        (card_facts(datasets="DeSTA-ntu/DeSTA-AQA5M"), "facts['datasets'] must be a list of strings; got a str"),
+        (card_facts(evaluation={"source": "ours", "results": {"MMAU": 70}}), "facts['evaluation']['results'] must"),
+        (card_facts(evaluation={"source": "ours", "results": ["MMAU 70"]}), "['results'] must be a list of mappings"),
+        ("license: other", "The model card facts must be a mapping of fields; got a str"),
+    ],
+    ids=["evaluation-string", "training-list", "datasets-string", "results-mapping", "result-string", "facts-string"],
+)
+def test_publish_names_a_fact_of_the_wrong_type(tmp_path, converted_dir, monkeypatch, facts, named):
+    monkeypatch.setattr(publish_module, "upload", lambda *args, **kwargs: pytest.fail("uploaded with bad facts"))
+    folder = shutil.copytree(converted_dir, tmp_path / "model")
+    with pytest.raises(ValueError) as caught:
+        publish(folder, "someone/desta25-test", facts=facts)
+    assert named in str(caught.value), caught.value
+    with pytest.raises(ValueError, match=re.escape(named)):
+        convert(converted_dir, tmp_path / "out", facts=facts)  # refused before anything is loaded
+
+
 # ---------------------------------------------------------------------------------------------- publishing
 EXPECTED_BASE_FILES = {
     "README.md",

@@ -31,6 +31,21 @@ DEFAULT_TAGS = ("audio", "speech", "audio-language-model", "desta", "whisper", "
 DEFAULT_LANGUAGES = ("en",)
 REQUIRED_FACTS = ("repo_id", "license", "datasets", "training", "evaluation")
 REQUIRED_TRAINING_FACTS = ("steps", "loss")
+# The type of every fact `render_model_card` reads ("list of strings": a bare string would become one entry per letter).
+FACT_TYPES = {
+    "repo_id": "string",
+    "license": "string",
+    "model_name": "string",
+    "system_prompt": "string",
+    "audio_token": "string",
+    "datasets": "list of strings",
+    "base_models": "list of strings",
+    "languages": "list of strings",
+    "tags": "list of strings",
+    "training": "mapping",
+    "evaluation": "mapping",
+}
+EVALUATION_SHAPE = "{'source': ..., 'results': [{'benchmark': ..., 'metric': ..., 'score': ...}, ...]}"
 REQUIRED_FRONT_MATTER = ("library_name", "pipeline_tag", "license", "base_model", "datasets", "tags")
 # Leftovers that mean a template field was never filled (openers only: a closing "}}" is ordinary JSON).
 PLACEHOLDER_PATTERN = re.compile(r"\{\{|\{%|\{#")
@@ -47,6 +62,7 @@ def render_model_card(config_or_model, facts: dict, template_path: str | os.Path
     `languages`, `system_prompt`. Raises `ValueError` naming any missing field; nothing is left as a placeholder.
     """
     config = config_or_model if isinstance(config_or_model, PreTrainedConfig) else config_or_model.config
+    check_fact_types(facts)
     _require_facts(facts)
     environment = jinja2.Environment(
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
@@ -123,6 +139,38 @@ def connector_parameter_count(config: DestaConfig) -> int:
     with torch.device("meta"):
         connector = DestaConnector(config)
     return sum(parameter.numel() for parameter in connector.parameters())
+
+
+def check_fact_types(facts) -> None:
+    """Refuse card facts of the wrong type, naming the field and the type it needs: a YAML slip such as
+    `evaluation: 70.1 on MMAU` would otherwise end deep in rendering, naming neither."""
+    if not isinstance(facts, dict):
+        raise ValueError(f"The model card facts must be a mapping of fields; got {_kind(facts)}.")
+    for key, kind in FACT_TYPES.items():
+        if facts.get(key) is not None and not _has_type(facts[key], kind):
+            shape = f" ({EVALUATION_SHAPE})" if key == "evaluation" else ""
+            raise ValueError(f"facts[{key!r}] must be a {kind}{shape}; got {_kind(facts[key])}.")
+    results = (facts.get("evaluation") or {}).get("results")
+    if results is not None and not _has_type(results, "list of mappings"):
+        raise ValueError(
+            f"facts['evaluation']['results'] must be a list of mappings ({{'benchmark': ..., 'metric': ..., "
+            f"'score': ...}}); got {_kind(results)}."
+        )
+
+
+def _has_type(value, kind: str) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "mapping":
+        return isinstance(value, dict)
+    element = str if kind == "list of strings" else dict
+    return isinstance(value, list) and all(isinstance(item, element) for item in value)
+
+
+def _kind(value) -> str:
+    """What a value is, for an error: its type and a short excerpt."""
+    text = repr(value)
+    return f"a {type(value).__name__} ({text[:60] + '...' if len(text) > 60 else text})"
 
 
 def _require_facts(facts: dict) -> None:

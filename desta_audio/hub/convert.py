@@ -22,7 +22,7 @@ from modeling_desta import DestaForConditionalGeneration
 from modeling_desta.release_desta import RELEASE_REPO_ID
 from processing import DestaProcessor
 
-from .card import render_model_card
+from .card import check_fact_types, render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def convert(
     `repo_id` is where the card's usage snippets point (default: `output`). `fetch_kwargs` (`revision`, `token`,
     `cache_dir`, ...) go to the loading, as for `from_pretrained`.
     """
+    if facts is not None:
+        check_fact_types(facts)
     processor = DestaProcessor.from_release(checkpoint, **fetch_kwargs)
     model = DestaForConditionalGeneration.from_release(checkpoint, dtype=dtype, **fetch_kwargs)
 

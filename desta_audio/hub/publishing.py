@@ -29,7 +29,7 @@ from huggingface_hub import HfApi
 
 from modeling_desta import DestaConfig
 
-from .card import check_model_card, render_model_card
+from .card import check_fact_types, check_model_card, render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +391,8 @@ def publish(
     `facts` feeds `render_model_card` (its `repo_id` defaults to `repo_id`); without it the folder must already
     hold a filled README.md. Returns the uploaded file list.
     """
+    if facts is not None:
+        check_fact_types(facts)
     upload_options = {"private": private, "token": token, "commit_message": commit_message}
     if isinstance(folder_or_model, (str, os.PathLike)):
         folder = Path(folder_or_model)
