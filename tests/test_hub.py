@@ -6,6 +6,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +252,36 @@ def test_key_mismatch_fails_naming_the_key(tmp_path, reference_dir, edit, named)
     broken = edit_checkpoint(reference_dir, tmp_path / "broken", edit)
     with pytest.raises(ReleaseFormatError, match=re.escape(named)):
         convert(broken, tmp_path / "out", dtype=torch.float32)
+    assert not (tmp_path / "out").exists()
+
+
+def pickled_release(reference_dir: Path, target: Path, name: str) -> Path:
+    """The release with its weights saved as a pickle (`torch.save`), as some copies of it are shared."""
+    shutil.copytree(reference_dir, target)
+    torch.save(load_file(target / "model.safetensors"), target / name)
+    (target / "model.safetensors").unlink()
+    return target
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])
+def test_convert_reads_only_safetensors_weights_and_says_how_to_convert_a_pickle(tmp_path, reference_dir, name):
+    release = pickled_release(reference_dir, tmp_path / "pickled", name)
+    with pytest.raises(ReleaseFormatError) as caught:
+        convert(release, tmp_path / "out", dtype=torch.float32)
+    message = str(caught.value)
+    assert message.startswith(f"{release} holds its weights as a pickle ({name})") and "can run code" in message
+    assert "weights_only=True" in message and not (tmp_path / "out").exists()
+    command = re.search(r'python -c "(.*?)"', message).group(1)
+    subprocess.run([sys.executable, "-c", command], check=True, timeout=120)  # the fix it names works
+    assert convert(release, tmp_path / "out", dtype=torch.float32) == tmp_path / "out"
+
+
+def test_convert_of_a_desta_checkpoint_says_it_needs_none(tmp_path, converted_dir, capsys):
+    argv = ["convert", "--checkpoint", str(converted_dir), "--output", str(tmp_path / "out")]
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"desta-audio: error: {converted_dir} is already a DeSTA checkpoint"), error
+    assert "needs no conversion" in error and "from_pretrained" in error and "publish" in error, error
     assert not (tmp_path / "out").exists()
 
 

@@ -18,14 +18,16 @@ from pathlib import Path
 
 import torch
 
-from modeling_desta import DestaForConditionalGeneration
-from modeling_desta.release_desta import RELEASE_REPO_ID
+from modeling_desta import DestaConfig, DestaForConditionalGeneration
+from modeling_desta.release_desta import RELEASE_REPO_ID, RELEASE_WEIGHTS, ReleaseFormatError, read_config_dict
 from processing import DestaProcessor
 
 from .card import check_fact_types, render_model_card
 
 logger = logging.getLogger(__name__)
 
+# Weights files that are pickles (`torch.save`), which are never loaded: unpickling can run code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Model-card facts of the release: its recipe (paper, arXiv 2507.02768, training set-up) and the authors' published numbers (1.4).
 RELEASE_FACTS = {
     "model_name": "DeSTA2.5-Audio-Llama-3.1-8B",
@@ -60,6 +62,30 @@ RELEASE_FACTS = {
 }
 
 
+def check_convertible(checkpoint: str | os.PathLike, **fetch_kwargs) -> None:
+    """Refuse, before anything is loaded, what is not the release format for a reason the loader would not name: a
+    checkpoint of this package (nothing to convert), or a local release whose weights are a pickle."""
+    config = read_config_dict(checkpoint, **fetch_kwargs) or {}
+    if config.get("model_type") == DestaConfig.model_type:
+        raise ValueError(
+            f"{checkpoint} is already a DeSTA checkpoint (model_type {DestaConfig.model_type!r}), not the authors' "
+            f"release format: it needs no conversion. Load it with AutoModel.from_pretrained('{checkpoint}', "
+            "trust_remote_code=True), or upload it with desta_audio.hub.publish."
+        )
+    folder = Path(checkpoint)
+    if not folder.is_dir() or (folder / RELEASE_WEIGHTS).exists():
+        return
+    pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        source = folder / pickles[0]
+        raise ReleaseFormatError(
+            f"{checkpoint} holds its weights as a pickle ({', '.join(pickles)}); only safetensors weights are read, "
+            'as loading a pickle can run code. If you trust the file, convert it once: python -c "import torch; '
+            f"from safetensors.torch import save_file; save_file(torch.load('{source}', weights_only=True), "
+            f"'{folder / RELEASE_WEIGHTS}')\", then run convert again."
+        )
+
+
 def convert(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
@@ -77,6 +103,7 @@ def convert(
     """
     if facts is not None:
         check_fact_types(facts)
+    check_convertible(checkpoint, **fetch_kwargs)
     processor = DestaProcessor.from_release(checkpoint, **fetch_kwargs)
     model = DestaForConditionalGeneration.from_release(checkpoint, dtype=dtype, **fetch_kwargs)
 
