@@ -46,7 +46,7 @@ accelerate launch --multi_gpu --num_processes 2 train_sft.py --use_cpu true --bf
 
 Resume: add `--resume_from_checkpoint true` (latest in --output_dir) or `--resume_from_checkpoint DIR/checkpoint-N`.
 Without `--bf16` the run is bfloat16 where the GPU supports it, float32 elsewhere (the log says which); on CPU
-also pass `--gradient_checkpointing false` (TRL's default is on). `accelerate launch --cpu --num_processes 2`
+also pass `--activation_checkpointing false` (TRL's default is on). `accelerate launch --cpu --num_processes 2`
 starts a single process (accelerate's simple launcher ignores the count without MPI).
 A user error ends in one line `train_sft.py: error: ...` (exit code 2); `--debug` shows the traceback instead.
 """

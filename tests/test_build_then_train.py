@@ -118,7 +118,7 @@ def test_readme_flow_builds_then_trains_with_no_path_flags(kind, clips, llm_dir,
         "--num_audio_queries", "4", "--qformer_num_hidden_layers", "1", "--qformer_intermediate_size", "64",
         "--dataset_name", str(out), "--output_dir", str(run), "--max_steps", "2",
         "--per_device_train_batch_size", "2", "--save_steps", "2", "--logging_steps", "1",
-        "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true",
+        "--bf16", "false", "--activation_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true",
     ]  # fmt: skip
     env = {**os.environ, **SUBPROCESS_ENV, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -41,7 +41,7 @@ SUBPROCESS_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "OMP_NUM_THREADS": "1",
 }
-CPU_TRAINING = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
+CPU_TRAINING = "--bf16 false --activation_checkpointing false --report_to none --disable_tqdm true".split()
 SMALL_CONNECTOR = ["--num_audio_queries", "4", "--qformer_num_hidden_layers", "1", "--qformer_intermediate_size", "64"]
 
 
@@ -331,6 +331,46 @@ def test_recipe_yaml_is_the_release_recipe():
     assert training_args.lr_scheduler_type == "cosine" and training_args.optim == "adamw_torch"
     assert training_args.bf16 and training_args.gradient_checkpointing and training_args.max_length == 300
     assert script_args.max_transcript_tokens == 100 and script_args.num_audio_queries == 64 and not model_args.use_peft
+
+
+DEPRECATIONS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+
+
+@pytest.mark.parametrize(
+    "flags, checkpointing",
+    [
+        (["--config", str(REPO_ROOT / "recipes" / "desta25_sft.yaml"), "--use_cpu", "true"], True),
+        ([], True),  # TRL's default
+        (["--activation_checkpointing", "false"], False),
+        (["--gradient_checkpointing", "false"], False),  # TRL's name for it, still taken
+    ],
+    ids=["recipe", "defaults", "activation_checkpointing", "gradient_checkpointing"],
+)
+def test_recipe_and_flags_raise_no_deprecation_warning(flags, checkpointing, recwarn):
+    sys.path.insert(0, str(REPO_ROOT))
+    import train_sft
+    from desta_audio.training.arguments import HAS_ACTIVATION_CHECKPOINTING
+
+    argv = [*flags, "--output_dir", "unused", "--llm", "L", "--whisper", "W", "--report_to", "none"]
+    _, training_args, _ = train_sft.make_parser().parse_args_and_config(argv)
+    assert [str(w.message) for w in recwarn if issubclass(w.category, DEPRECATIONS)] == []
+    assert training_args.gradient_checkpointing is checkpointing
+    if HAS_ACTIVATION_CHECKPOINTING:
+        assert training_args.activation_checkpointing is checkpointing
+
+
+def test_a_short_run_raises_no_deprecation_warning(llm_dir, whisper_dir, audio_dir, tmp_path, recwarn):
+    """Two steps of train_sft.py as a user runs it: every deprecation our code, recipe or defaults trip is named."""
+    sys.path.insert(0, str(REPO_ROOT))
+    import train_sft
+
+    data = write_jsonl(
+        tmp_path / "data.jsonl", [sft_record(f"r{i}", str(audio_dir / "tone.wav"), "A tone.") for i in range(2)]
+    )
+    components = ["--llm", str(llm_dir), "--whisper", str(whisper_dir), *SMALL_CONNECTOR, *CPU_TRAINING]
+    run = ["--data_files", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--use_cpu", "true"]
+    assert train_sft.run([*components, *run, "--per_device_train_batch_size", "1"]) == 0
+    assert [f"{w.filename}:{w.lineno}: {w.message}" for w in recwarn if issubclass(w.category, DEPRECATIONS)] == []
 
 
 def test_model_card_is_the_full_card_for_hub_ids_else_a_minimal_one(tiny_parts, tmp_path):

@@ -4,8 +4,9 @@ options, and the precision default (bf16 only where the device supports it)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from transformers import TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 from trl import ScriptArguments, SFTConfig
 
@@ -86,6 +87,12 @@ def check_model_source(script_args: DestaScriptArguments, model_args) -> None:
         raise ValueError(f"{components} needs {missing} too: a fresh connector joins an LLM and a Whisper.")
 
 
+# transformers 5.24 renamed TrainingArguments' `gradient_checkpointing` to `activation_checkpointing` and warns when
+# the old name is set, which TRL's SFTConfig does on every run (its default is True); 5.19 knows only the old name.
+HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
+
+
+@dataclass
 class DestaSFTConfig(SFTConfig):
     """`SFTConfig` whose `--bf16` default follows the machine: TRL turns bf16 on everywhere, which ends a run on a
     machine without bfloat16 support in transformers' "Your setup doesn't support bf16/gpu" traceback.
@@ -93,9 +100,19 @@ class DestaSFTConfig(SFTConfig):
     Left unset, bf16 is on where the GPU supports it and off elsewhere (float32; on CPU only when asked for, as
     autocast there is slow); one log line says which and why. An explicit `--bf16 true` that the machine cannot
     honour is a one-line error.
+
+    `--activation_checkpointing` (and TRL's `--gradient_checkpointing`) work on every supported transformers: the
+    value goes to the name the installed version reads (`checkpointing_by_installed_name`), so none warns.
     """
 
+    if not HAS_ACTIVATION_CHECKPOINTING:
+        activation_checkpointing: bool | None = field(
+            default=None,
+            metadata={"help": "Recompute activations in the backward pass to save memory (gradient_checkpointing)."},
+        )
+
     def __post_init__(self):
+        self.checkpointing_by_installed_name()
         if self.bf16 is None:
             self.bf16, why = default_bf16(self.fp16, self.use_cpu)
         elif self.bf16 and not (self.use_cpu or is_torch_bf16_gpu_available() or is_torch_xla_available()):
@@ -108,6 +125,16 @@ class DestaSFTConfig(SFTConfig):
         precision = "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
         logger.info("precision: %s (%s)", precision, why)
         super().__post_init__()
+
+    def checkpointing_by_installed_name(self) -> None:
+        """Set activation checkpointing under the name the installed transformers reads: `activation_checkpointing`
+        where it exists (from `--gradient_checkpointing` or TRL's default when it is not given), else
+        `gradient_checkpointing` (from `--activation_checkpointing` when it is given)."""
+        if HAS_ACTIVATION_CHECKPOINTING:
+            if self.activation_checkpointing is None:
+                self.activation_checkpointing = self.gradient_checkpointing
+        elif self.activation_checkpointing is not None:
+            self.gradient_checkpointing = self.activation_checkpointing
 
 
 def default_bf16(fp16: bool, use_cpu: bool) -> tuple[bool, str]:
