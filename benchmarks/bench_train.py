@@ -179,7 +179,7 @@ def current_rss_mb() -> float:
 
 
 def run_variant(args) -> dict:
-    from trl import SFTConfig
+    from desta_audio.training import DestaSFTConfig
 
     checkpointing = args.variant == "on"
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -191,9 +191,9 @@ def run_variant(args) -> dict:
         num_audio_queries=args.queries,
     )
     model = build_model(args, tokenizer).to(args.device)
-    training_args = SFTConfig(
+    training_args = DestaSFTConfig(
         output_dir=str(work), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=1e-4, bf16=args.device == "cuda", gradient_checkpointing=checkpointing, save_strategy="no",
+        learning_rate=1e-4, bf16=args.device == "cuda", activation_checkpointing=checkpointing, save_strategy="no",
         report_to="none", disable_tqdm=True, logging_steps=1000, use_cpu=args.device == "cpu",
     )  # fmt: skip
     import datasets

@@ -52,17 +52,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def sft_args(**overrides):
-    from trl import SFTConfig
+    from desta_audio.training import DestaSFTConfig
 
     options = {
         "bf16": False,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "report_to": "none",
         "disable_tqdm": True,
         "logging_steps": 1,
         "seed": 0,
     }
-    return SFTConfig(**{**options, **overrides})
+    return DestaSFTConfig(**{**options, **overrides})
 
 
 def small_model(llm_dir, whisper_dir, **overrides):
@@ -664,7 +664,7 @@ def test_lora_with_bf16_and_checkpointing_trains_only_adapters_and_connector(llm
             save_strategy="no",
             bf16=True,
             use_cpu=True,
-            gradient_checkpointing=True,  # TRL's defaults: autocast and checkpointing (with PEFT's input-grad hook)
+            activation_checkpointing=True,  # TRL's defaults: autocast and checkpointing (with PEFT's input-grad hook)
         ),
         DestaScriptArguments(audio_root=str(audio_dir)),
         datasets.Dataset.from_list(rows),
