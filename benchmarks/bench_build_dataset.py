@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import soundfile
 import torch
 
@@ -38,6 +35,7 @@ from desta_audio.data.engines import TransformersGenerator, render_prompt
 from desta_audio.data.engines_openai import OpenAIGenerator
 from desta_audio.data.sources import SourceColumns, folder_source
 from desta_audio.runtime import chunks
+from desta_audio.testing.servers import console_script, free_port, wait_until_healthy
 
 HIDDEN, LAYERS = 256, 4
 
@@ -128,27 +126,18 @@ def in_process_results(
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(model_dir: Path, port: int, continuous_batching: bool, log: Path) -> subprocess.Popen:
-    command = [shutil.which("transformers"), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+    command = [console_script("transformers"), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
                "--device", "cpu", "--continuous-batching" if continuous_batching else "--no-continuous-batching"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with log.open("w") as handle:
         server = subprocess.Popen(command, env=env, stdout=handle, stderr=handle, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.3)
-    stop_server(server)
-    raise RuntimeError(f"transformers serve did not start: {log.read_text()[-2000:]}")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", server, log, 180, "transformers serve", poll_s=0.3)
+    except (RuntimeError, TimeoutError):
+        stop_server(server)
+        raise
+    return server
 
 
 def stop_server(server: subprocess.Popen) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from desta_audio import testing as tiny_assets  # noqa: E402
-from desta_audio.testing.servers import free_port, wait_until_healthy  # noqa: E402, F401  (tests import free_port)
+from desta_audio.testing.servers import console_script, free_port, wait_until_healthy  # noqa: E402, F401  (tests import free_port)
 from processing import DEFAULT_SYSTEM_PROMPT  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +164,7 @@ class Server:
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         command = [
-            shutil.which("transformers"), "serve", str(self.llm_dir), "--host", "127.0.0.1",
+            console_script("transformers"), "serve", str(self.llm_dir), "--host", "127.0.0.1",
             "--port", str(self.port), "--device", "cpu",
         ]  # fmt: skip
         with self.log.open("a") as log:

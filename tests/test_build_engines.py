@@ -27,6 +27,7 @@ from desta_audio.data.engines import TransformersGenerator, VLLMGenerator, rende
 from desta_audio.data.engines_openai import EngineError, OpenAIGenerator, RejectedAnswer
 from desta_audio.data.sources import SourceColumns, folder_source
 from desta_audio.data.store import record_files, shard_file
+from desta_audio.testing.servers import console_script
 
 # Slow (real Whisper, subprocesses, servers or a browser): left out of the quick loop `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -239,10 +240,18 @@ def test_openai_engine_gives_up_with_the_url_after_its_retries(flaky_server):
 # ----------------------------------------------------------------------------- openai: a real transformers serve
 
 
+def test_console_scripts_are_found_beside_the_interpreter_off_path(monkeypatch, tmp_path):
+    """`.venv/bin/python -m pytest` from a shell that never activated the venv: its scripts are not on PATH."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("transformers") is None
+    assert console_script("transformers") == str(Path(sys.executable).with_name("transformers"))
+    assert console_script("no-such-script") is None
+
+
 @pytest.fixture(scope="module")
 def serve(llm_dir, tmp_path_factory):
-    if shutil.which("transformers") is None:
-        pytest.skip("the transformers CLI is not on PATH")
+    if console_script("transformers") is None:
+        pytest.skip("the transformers CLI is not installed beside this python or on PATH")
     pytest.importorskip("fastapi", reason='transformers serve needs pip install "transformers[serving]"')
     server = Server(llm_dir, free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
     server.start()

@@ -1,13 +1,24 @@
-"""Local servers for tests and benchmarks: a free loopback port, and waiting until a started server is healthy."""
+"""Local servers for tests and benchmarks: the console script that starts one, a free loopback port, and waiting
+until a started server is healthy."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
+
+
+def console_script(name: str) -> str | None:
+    """The path of an installed console script (`transformers`, for `transformers serve`): the one beside this
+    interpreter first, as a venv's scripts sit beside its python even when the venv was never activated
+    (`.venv/bin/python -m pytest`), else the one on PATH; None when neither exists."""
+    return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
 
 
 def free_port() -> int:
