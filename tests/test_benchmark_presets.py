@@ -179,6 +179,16 @@ def test_rescore_reads_speech_ifevals_own_output_files(tmp_path):
     assert overall["cot_without_verdict"] == 0 and (tmp_path / "results.json").exists()
 
 
+def test_rescore_of_a_broken_own_output_file_names_file_and_line(tmp_path, capsys):
+    from desta_audio import cli
+
+    path = tmp_path / "closed.jsonl"
+    path.write_text('{"instruction": "Hi.", "metric": "accuracy", "response": "hi"}\n{"response": "a\x01"}\n')
+    assert cli.main(["eval", "--rescore", str(path), "--benchmark", "speech-ifeval"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"desta-audio: error: {path}:2 is not valid JSON (Invalid control character"), error
+
+
 def test_rescore_reads_sakuras_own_results_file(tmp_path):
     from desta_audio.evaluation.benchmark import rescore_preset
 

@@ -19,15 +19,14 @@ are documented where known; `--system-prompt` and `--max-new-tokens` override th
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from processing import DEFAULT_SYSTEM_PROMPT
 
 from ..dataset_loading import resolve_audio_path
+from ..files import load_jsonl, read_json
 from . import dynamic_superb, hearing, speech_ifeval
 from . import voicebench as vb
 from .data import AUDIO_COLUMN_CANDIDATES, MMAU_SYSTEM_PROMPT, BenchmarkColumns, EvalItem, build_items, first_present
@@ -320,13 +319,12 @@ def own_output_records(name: str, path) -> list[dict] | None:
     (None when the file is ours): Speech-IFEval's JSONL (its records plus `response`, and `eval_response` from
     its judge for chain-of-thought) and SAKURA's results JSON (`{"type": hop, "results": {audio: {instruction,
     response, label}}}`)."""
-    text = Path(path).read_text(encoding="utf-8")
     if name == "speech-ifeval" and str(path).endswith(".jsonl"):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = load_jsonl(path)
         if rows and "response" in rows[0] and "model_output" not in rows[0]:
             return [_speech_ifeval_output(row, index) for index, row in enumerate(rows)]
     if name == "sakura" and str(path).endswith(".json"):
-        data = json.loads(text)
+        data = read_json(path)
         if isinstance(data, dict) and isinstance(data.get("results"), dict):
             return [_sakura_output(audio, row, data.get("type")) for audio, row in data["results"].items()]
     return None
