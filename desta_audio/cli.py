@@ -33,6 +33,7 @@ from .data.arguments import run as run_dataset_build
 from .demo import add_demo_arguments, run_demo
 from .errors import report_errors
 from .evaluation.smoke_qa import make_smoke_qa
+from .files import read_text
 from .hub.convert import convert
 from .hub.publishing import publish
 from .lab import DEFAULT_CLIPS, make_lab
@@ -470,7 +471,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def run_convert(args: argparse.Namespace) -> int:
     check_local_folder("--checkpoint", args.checkpoint)
     logging.getLogger("desta_audio").setLevel(logging.INFO)
-    facts = yaml.safe_load(args.facts.read_text(encoding="utf-8")) if args.facts else None
+    facts = yaml.safe_load(read_text(args.facts)) if args.facts else None
     output = convert(
         args.checkpoint,
         args.output,

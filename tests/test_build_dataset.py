@@ -592,6 +592,8 @@ def builder_error_cases(clip_dir: Path, tmp_path: Path) -> dict[str, tuple[list[
     binary.write_bytes(b'{"audio": "c0.wav"}\n' + bytes(range(128, 256)))
     wide = tmp_path / "wide.csv"
     wide.write_text("audio\nc0.wav\n", encoding="utf-16")
+    wide_prompts = tmp_path / "prompts.txt"
+    wide_prompts.write_text("Describe the audio.\n", encoding="utf-16")
     torn = tmp_path / "torn.jsonl"
     torn.write_text('{"audio": "c0.wav"}\n{"audio": "c1\x01.wav"}\n{"audio": "c2.wav"}\n')
     return {
@@ -614,6 +616,7 @@ def builder_error_cases(clip_dir: Path, tmp_path: Path) -> dict[str, tuple[list[
         ),
         "UTF-16 metadata": ([*source, "--metadata", str(wide)], (str(wide), "is UTF-16 text", "iconv -f UTF-16")),
         "broken metadata line": ([*source, "--metadata", str(torn)], (f"{torn}:2", "not valid JSON", "fix or remove")),
+        "UTF-16 prompts": ([*source, "--prompts", str(wide_prompts)], (str(wide_prompts), "is UTF-16 text")),
     }
 
 
@@ -628,6 +631,7 @@ BUILDER_ERROR_CASES = [
     "binary metadata",
     "UTF-16 metadata",
     "broken metadata line",
+    "UTF-16 prompts",
 ]
 
 

@@ -276,6 +276,14 @@ def test_convert_reads_only_safetensors_weights_and_says_how_to_convert_a_pickle
     assert convert(release, tmp_path / "out", dtype=torch.float32) == tmp_path / "out"
 
 
+def test_convert_names_a_facts_file_that_is_not_utf8(tmp_path, reference_dir, capsys):
+    facts = tmp_path / "facts.yaml"
+    facts.write_text("license: other\n", encoding="utf-16")
+    argv = ["convert", "--checkpoint", str(reference_dir), "--output", str(tmp_path / "out"), "--facts", str(facts)]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"desta-audio: error: {facts} is UTF-16 text, not UTF-8; save it as")
+
+
 def test_convert_of_a_desta_checkpoint_says_it_needs_none(tmp_path, converted_dir, capsys):
     argv = ["convert", "--checkpoint", str(converted_dir), "--output", str(tmp_path / "out")]
     assert cli_main(argv) == 2

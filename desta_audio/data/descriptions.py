@@ -20,6 +20,8 @@ from processing import DEFAULT_SYSTEM_PROMPT
 from processing.audio_io import TARGET_SAMPLING_RATE
 from processing.processing_desta import REFERENCE_AUDIO_LOCATOR
 
+from ..files import read_text
+
 logger = logging.getLogger(__name__)
 
 GENERATION_SYSTEM_PROMPT = (
@@ -110,7 +112,7 @@ def parse_segments(value: Any) -> list[Segment]:
 def load_instructions(path: str | Path | None = None) -> list[str]:
     """One instruction per non-blank line, duplicates dropped (first kept)."""
     path = Path(path or DEFAULT_INSTRUCTIONS)
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in read_text(path).splitlines())
     instructions = list(dict.fromkeys(line for line in lines if line))
     if not instructions:
         raise ValueError(f"{path} holds no instructions")
