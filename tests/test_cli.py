@@ -132,6 +132,14 @@ def test_rescore_names_the_file_and_line_of_a_prediction_without_id(tmp_path, ca
     assert_one_line(code, err, f"{path}:3", "'id'")
 
 
+def test_rescore_names_the_file_and_line_of_a_prediction_that_is_not_utf8(tmp_path, capsys):
+    good = {"id": "q1", "format": "mcq", "choices": ["a", "b"], "answer": "a", "prediction": "a"}
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(json.dumps(good).encode() + b'\n{"id": "caf\xe9"}\n' + json.dumps(good).encode() + b"\n")
+    code, err = cli_error(["eval", "--rescore", str(path), "--output-dir", str(tmp_path / "out")], capsys)
+    assert_one_line(code, err, f"{path} is not UTF-8 text: byte 0xe9 at line 2")
+
+
 def test_debug_and_verbose_show_the_traceback(audio_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clip = str(audio_dir / "tone.wav")

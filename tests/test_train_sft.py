@@ -406,6 +406,9 @@ def test_train_data_tolerates_a_torn_last_line_and_names_a_corrupt_one(tmp_path,
     path.write_text(json.dumps(rows[0]) + "\n{broken\n" + json.dumps(rows[1]) + "\n")
     with pytest.raises(Exception, match=rf"{path}:2 is not valid JSON"):
         load_sft_dataset(script_arguments(data_files=[str(path)]))
+    path.write_bytes(json.dumps(rows[0]).encode() + b'\n{"id": "caf\xe9"}\n' + json.dumps(rows[1]).encode() + b"\n")
+    with pytest.raises(ValueError, match=rf"{path} is not UTF-8 text: byte 0xe9 at line 2"):
+        load_sft_dataset(script_arguments(data_files=[str(path)]))
 
 
 # ----------------------------------------------------------------------------- learning
