@@ -5,7 +5,8 @@
 - `evaluation`: benchmark runs and scoring, the knowledge-retention check, the smoke QA set;
 - `hub`: model cards, publishing and conversion of the authors' release;
 - shared by several of these, one idea a module: `runtime` (device, dtype, pipeline loading, streamed answers),
-  `files` (crash-safe JSONL, atomic writes), `dataset_loading` (datasets from anywhere, audio paths), `errors`
+  `files` (crash-safe JSONL, atomic writes, text/JSON/JSONL input read with errors naming file and line),
+  `dataset_loading` (datasets from anywhere, audio paths), `errors`
   (how a command line ends an error); `testing`: tiny models and audio for tests and benchmarks;
 - `cli`: the `desta-audio` command.
 
