@@ -38,7 +38,7 @@ from .hub.convert import convert
 from .hub.publishing import publish
 from .lab import DEFAULT_CLIPS, make_lab
 from .lab.catalog import SPLITS
-from .runtime import DTYPES, AnswerStream, load_pipeline, resolve_device
+from .runtime import DTYPES, QUANTIZATION_EXTRA, QUANTIZATION_LIBRARIES, AnswerStream, load_pipeline, resolve_device
 
 # The authors' release: it loads as it is (its connector, on the LLM and Whisper it names), no conversion step.
 DEFAULT_MODEL_ID = RELEASE_REPO_ID
@@ -91,6 +91,7 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> argparse.ArgumentParser
     chat.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"Hub id or local folder (default: {DEFAULT_MODEL_ID})")
     chat.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     chat.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_quantize_argument(chat)
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     chat.add_argument("--temperature", type=float, default=0.7, help="with --sample")
@@ -192,13 +193,23 @@ def parse_audio_policy(text: str | None) -> dict | None:
     return policy
 
 
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZATION_LIBRARIES),
+        default=None,
+        help="load the LLM and Whisper quantized (the connector stays float32): 4bit (bitsandbytes nf4), 8bit "
+        f"(bitsandbytes LLM.int8), int8 (torchao weight-only); needs {QUANTIZATION_EXTRA}",
+    )
+
+
 def run_chat(args) -> int:
     audio_policy = parse_audio_policy(args.audio_policy)
     check_audio_inputs(args.audio)
     resolve_device(args.device)  # a device this machine lacks is named before anything is fetched
     check_model(args.model)
     conversation = build_conversation(args)
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     kwargs = generation_kwargs(args)
     if audio_policy is not None:
         kwargs["audio_policy"] = audio_policy
@@ -281,6 +292,7 @@ def add_eval_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_quantize_argument(parser)
     parser.add_argument(
         "--mcq-scoring",
         choices=["generate", "likelihood"],
@@ -352,6 +364,7 @@ def benchmark_run_options(args: argparse.Namespace) -> dict:
         "limit": args.limit,
         "device": args.device,
         "dtype": args.dtype,
+        "quantize": args.quantize,
         "base_url": args.base_url,
         "batch_size": args.batch_size,
         "no_asr": args.no_asr,
@@ -407,6 +420,11 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
+    if args.base_url and args.quantize:
+        raise ValueError(
+            f"--quantize {args.quantize} loads the model here; a model served at --base-url is quantized by its "
+            "server (e.g. vLLM's --quantization): drop --quantize, or drop --base-url to run it here"
+        )
     if args.base_url and args.retention:
         raise ValueError("--base-url serves benchmarks only; the retention check needs the model's weights here")
     if args.base_url and args.mcq_scoring == "likelihood":
@@ -418,7 +436,7 @@ def run_eval(args: argparse.Namespace) -> int:
         resolve_device(args.device)
         check_model(args.model)
     if args.retention:
-        model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype)
+        model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype, args.quantize)
         report = ev.knowledge_retention(
             model,
             tokenizer,

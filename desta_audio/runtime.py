@@ -3,6 +3,7 @@ streamed from a worker thread, and batching in fixed-size chunks."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -45,23 +46,95 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
     return DTYPES[dtype]
 
 
-def load_pipeline(model, processor=None, device: str = "auto", dtype: str = "auto"):
+# `--quantize` names: bitsandbytes 4-bit (nf4) and 8-bit (LLM.int8), torchao int8 weight-only.
+QUANTIZATION_LIBRARIES = {"4bit": "bitsandbytes", "8bit": "bitsandbytes", "int8": "torchao"}
+QUANTIZATION_EXTRA = "pip install 'desta-audio[quantization]'"
+
+
+def quantization_config(name: str | None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+    """The transformers quantization config for a `--quantize` name (None: none), checked against the device.
+
+    The LLM's and Whisper's linear layers are quantized; the connector never is (the model's
+    `_keep_in_fp32_modules`). 4-bit computes in `dtype` (bfloat16 on a GPU that has it, else float32 when "auto").
+    """
+    if name is None:
+        return None
+    if name not in QUANTIZATION_LIBRARIES:
+        raise ValueError(f"unknown quantization {name!r}; use one of {', '.join(QUANTIZATION_LIBRARIES)}")
+    device = resolve_device(device)
+    check_quantization_platform(name, device)
+    from transformers import BitsAndBytesConfig, TorchAoConfig
+
+    if name == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return TorchAoConfig(Int8WeightOnlyConfig())
+    if name == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=four_bit_compute_dtype(device, dtype),
+    )
+
+
+def four_bit_compute_dtype(device: torch.device, dtype: str | torch.dtype) -> torch.dtype:
+    resolved = resolve_dtype(dtype)
+    if isinstance(resolved, torch.dtype):
+        return resolved
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def check_quantization_platform(name: str, device: torch.device) -> None:
+    """A clear error, naming the fix, when `name`'s library is missing or does not run on `device`."""
+    library = QUANTIZATION_LIBRARIES[name]
+    try:
+        module = importlib.import_module(library)
+    except ImportError as error:
+        raise ValueError(f"--quantize {name} needs {library}, which is not installed: {QUANTIZATION_EXTRA}") from error
+    supported = getattr(module, "supported_torch_devices", None)  # bitsandbytes lists the backends it was built with
+    if supported is not None and device.type not in supported:
+        others = ", ".join(other for other, lib in QUANTIZATION_LIBRARIES.items() if lib != library)
+        raise ValueError(
+            f"--quantize {name}: bitsandbytes {getattr(module, '__version__', '')} does not run on {device.type} "
+            f"(it supports {', '.join(sorted(supported))}); use --device {' or '.join(sorted(supported))}, or "
+            f"--quantize {others} (torchao)"
+        )
+
+
+def quantized_load_kwargs(quantize: str | None, device: str, dtype: str) -> dict:
+    """`from_pretrained` keyword arguments for a quantized load: the config, and the device as a `device_map`
+    (a quantized model is placed while it loads; moving it afterwards is not supported by bitsandbytes 8-bit)."""
+    config = quantization_config(quantize, device, dtype)
+    return {"quantization_config": config, "device_map": str(resolve_device(device))}
+
+
+def load_pipeline(model, processor=None, device: str = "auto", dtype: str = "auto", quantize: str | None = None):
     """The audio-text-to-text pipeline for a folder / Hub id, an in-memory model + processor, or a ready pipeline.
 
     The tools run this installed package's classes, not the checkpoint's copy of them (remote code): one set of
     classes, so `except AudioTooLongError` and `isinstance(policy, AudioSourcePolicy)` mean what they say.
+    `quantize` (`4bit`, `8bit`, `int8`) loads a folder or Hub id quantized (see `quantization_config`).
     """
     if isinstance(model, Pipeline):
         return model
     if isinstance(model, (str, os.PathLike)):
+        placement = (
+            {"model_kwargs": quantized_load_kwargs(quantize, device, dtype)}
+            if quantize
+            else {"device": resolve_device(device)}
+        )
         return pipeline(
             "audio-text-to-text",
             model=os.fspath(model),
             pipeline_class=DestaAudioTextToTextPipeline,
             trust_remote_code=False,
-            device=resolve_device(device),
             dtype=dtype,
+            **placement,
         )
+    if quantize:
+        raise ValueError("quantize= applies to a model loaded here; quantize an in-memory model when loading it.")
     if processor is None:
         raise ValueError("An in-memory model needs its processor.")
     return DestaAudioTextToTextPipeline(

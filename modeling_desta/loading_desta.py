@@ -75,9 +75,12 @@ class DestaAssemblyMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """Load a saved checkpoint as usual, or the authors' release format (`model_type` `desta25`) by fetching
         the LLM and Whisper it names (see `from_release`)."""
+        check_connector_not_quantized(kwargs.get("quantization_config"))
         release = _release_config(pretrained_model_name_or_path, config, kwargs)
         if release is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            load_offloaded_connector_whole(model)
+            return model
         return cls.from_release(pretrained_model_name_or_path, release, **kwargs)
 
     @classmethod
@@ -98,6 +101,10 @@ class DestaAssemblyMixin:
         """
         fetch = hub_kwargs(kwargs)
         dtype = kwargs.pop("torch_dtype", None) if dtype is None else dtype
+        # Quantized while each component loads, shard by shard: the full-precision LLM is never held in memory.
+        quantization = (
+            {"quantization_config": kwargs.pop("quantization_config")} if kwargs.get("quantization_config") else {}
+        )
         _check_release_kwargs(kwargs)
         source = str(path_or_repo)
         release, tokenizer = fetch_release_tokenizer(path_or_repo, release, revision, fetch)
@@ -128,6 +135,7 @@ class DestaAssemblyMixin:
             dtype=dtype,
             **fetch,
             **llm_kwargs,
+            **quantization,
         )
         whisper_model = fetch_component(
             WhisperForConditionalGeneration.from_pretrained,
@@ -136,6 +144,7 @@ class DestaAssemblyMixin:
             source,
             dtype=dtype,
             **fetch,
+            **quantization,
         )
         model = cls._assemble(
             llm_model,
@@ -162,11 +171,14 @@ class DestaAssemblyMixin:
 
         The skeleton is built on the meta device; the LLM's decoder and head and the whole Whisper become its
         modules as they are (Whisper cast to the LLM's dtype); only the connector gets new memory, initialised
-        afresh or assigned from `connector_state` (release-format keys, mapped strictly).
+        afresh or assigned from `connector_state` (release-format keys, mapped strictly), in float32 like a loaded
+        connector (`_keep_in_fp32_modules_strict`). A quantized LLM makes the model quantized (its quantizer and
+        config travel with it); a quantized Whisper keeps its own dtypes.
         """
         if vocab_size is not None and vocab_size > llm_model.get_input_embeddings().weight.shape[0]:
             llm_model.resize_token_embeddings(vocab_size, mean_resizing=True)
-        whisper_model.to(llm_model.dtype)
+        if getattr(whisper_model, "hf_quantizer", None) is None:
+            whisper_model.to(llm_model.dtype)
         config = DestaConfig(
             audio_config=whisper_model.config,
             text_config=llm_model.config,
@@ -179,25 +191,71 @@ class DestaAssemblyMixin:
         model.model.audio_tower = whisper_model
         model.model.language_model = llm_model.get_decoder()
         model.lm_head = llm_model.get_output_embeddings()
-        model.model.connector = _connector(model, connector_state, llm_model.dtype)
+        model.model.connector = _connector(model, connector_state)
         model.generation_config = llm_model.generation_config
         model.tie_weights()
+        if getattr(llm_model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = llm_model.hf_quantizer
+            model.hf_quantizer.postprocess_model(model)
         left_on_meta = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_meta]
         if left_on_meta:
             raise RuntimeError(f"Assembling the model left tensors without data: {left_on_meta[:5]}")
         return model.eval()
 
 
-def _connector(model: PreTrainedModel, state: dict | None, dtype: torch.dtype) -> DestaConnector:
-    """A connector for `model`: freshly initialised, or holding the release tensors in `state` (no copy)."""
+def check_connector_not_quantized(quantization_config) -> None:
+    """Refuse a quantization config that names connector modules (torchao's per-module `FqnToConfig`).
+
+    The connector is small and carries the audio: transformers' quantizers skip it (`_keep_in_fp32_modules`), and a
+    request to quantize it anyway is an error rather than a silently float32 connector.
+    """
+    per_module = getattr(getattr(quantization_config, "quant_type", None), "fqn_to_config", None) or {}
+    named = sorted(key for key in per_module if "connector" in key)
+    if named:
+        raise ValueError(
+            f"The quantization config names the connector ({', '.join(named)}); the connector always stays float32 "
+            "and is never quantized. Remove those entries: the LLM and Whisper are quantized, the connector is not."
+        )
+
+
+def load_offloaded_connector_whole(model: PreTrainedModel) -> None:
+    """Make an offloaded connector (`device_map` with disk, or CPU beside a GPU) load all its weights when it runs.
+
+    accelerate hooks each offloaded module that holds tensors and loads them when that module's `forward` runs; the
+    connector's query prompts live in a `ParameterList`, which has no forward, so they would stay on the meta device.
+    The connector is therefore re-hooked as one preloaded block, accelerate's own mechanism for such modules
+    (`preload_module_classes`, which transformers' dispatch does not pass). accelerate is installed whenever a
+    model carries offload hooks, so it is imported only then.
+    """
+    connector = model.model.connector if hasattr(model, "lm_head") else model.connector
+    hook = getattr(connector, "_hf_hook", None)
+    if hook is None or not getattr(hook, "offload", False):
+        return
+    from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
+
+    remove_hook_from_module(connector, recurse=True)
+    attach_align_device_hook(
+        connector,
+        execution_device=hook.execution_device,
+        offload=True,
+        weights_map=hook.weights_map.dataset,
+        module_name=hook.weights_map.prefix.rstrip("."),
+        preload_module_classes=[type(connector).__name__],
+        skip_keys=hook.skip_keys,
+        tied_params_map=hook.tied_params_map,
+    )
+
+
+def _connector(model: PreTrainedModel, state: dict | None) -> DestaConnector:
+    """A float32 connector for `model`: freshly initialised, or holding the release tensors in `state`."""
     if state is None:
-        connector = DestaConnector(model.config).to(dtype)
+        connector = DestaConnector(model.config).float()
         connector.apply(model._init_weights)
         return connector
     with torch.device("meta"):
         connector = DestaConnector(model.config)
     mapped = _connector_tensors(model.config, state)
-    connector.load_state_dict({name: tensor.to(dtype) for name, tensor in mapped.items()}, strict=True, assign=True)
+    connector.load_state_dict({name: tensor.float() for name, tensor in mapped.items()}, strict=True, assign=True)
     return connector
 
 

@@ -39,6 +39,8 @@ from .connector_desta import DestaConnector
 from .loading_desta import DestaAssemblyMixin
 from .transcription_desta import WindowTranscripts, transcribe_clips, transcribe_windows
 
+CONNECTOR_MODULE_NAMES = ["connector", "model.connector"]
+
 
 class DestaPreTrainedModel(PreTrainedModel):
     config: DestaConfig
@@ -46,8 +48,14 @@ class DestaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
-    # The audio tower's and the LLM's own `_no_split_modules` are collected from them by `post_init`.
-    _no_split_modules = ["DestaQFormerLayer"]
+    # `device_map="auto"` keeps the connector on one device; the audio tower's and the LLM's own `_no_split_modules`
+    # (a Whisper layer, a decoder layer) are collected from them by `post_init`.
+    _no_split_modules = ["DestaConnector"]
+    # The connector is never quantized (transformers' quantizers skip `_keep_in_fp32_modules`) and stays float32 when
+    # the rest loads in bfloat16 or float16 (`_strict`), as the reference ran it; its input and output are cast.
+    # Quantizers match a name from the model's root, so both roots are named: DestaModel's and the head model's.
+    _keep_in_fp32_modules = CONNECTOR_MODULE_NAMES
+    _keep_in_fp32_modules_strict = CONNECTOR_MODULE_NAMES
     _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -226,7 +234,9 @@ def encode_taps(
         input_features = input_features.to(encoder.conv1.weight.dtype)
         hidden_states = F.gelu(encoder.conv1(input_features))
         hidden_states = F.gelu(encoder.conv2(hidden_states)).permute(0, 2, 1)
-        hidden_states = hidden_states + encoder.embed_positions.weight[: hidden_states.shape[1]]
+        # Called as a module (not `.weight[:n]`) so that an offloaded encoder's hooks load the table first.
+        positions = torch.arange(hidden_states.shape[1], device=hidden_states.device)
+        hidden_states = hidden_states + encoder.embed_positions(positions)
         hidden_states = F.dropout(hidden_states, p=encoder.dropout, training=encoder.training)
         last_layer = len(encoder.layers) - 1 if output_last_hidden_state else tap_ids[-1]
         taps = []

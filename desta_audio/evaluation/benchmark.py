@@ -176,6 +176,7 @@ def evaluate_benchmark(
     limit: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str | None = None,
     base_url: str | None = None,
     **run_kwargs,
 ) -> dict:
@@ -194,7 +195,7 @@ def evaluate_benchmark(
     items = build_items(records, columns, audio_root)
     fmt = detect_format(records[0], columns) if fmt == "auto" else fmt
     logger.info("%d %s items", len(items), fmt)
-    pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype)
+    pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype, quantize)
     return run_benchmark(pipe, items, output_dir, fmt, **run_kwargs)
 
 
@@ -221,6 +222,7 @@ def evaluate_preset(
     limit: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    quantize: str | None = None,
     base_url: str | None = None,
     judge: JudgeSettings | None = None,
     max_new_tokens: int | None = None,
@@ -244,7 +246,7 @@ def evaluate_preset(
     if not items:
         raise ValueError(f"The {name} data has no records.")
     logger.info("%s: %d items", name, len(items))
-    pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype)
+    pipe = served_pipeline(base_url, model) if base_url else load_pipeline(model, processor, device, dtype, quantize)
 
     def run(items: list[EvalItem], folder, subset: str | None) -> dict:
         return run_benchmark(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..files import jsonl_records, read_text
-from ..runtime import chunks, resolve_device
+from ..runtime import chunks, quantized_load_kwargs, resolve_device
 from .scoring import write_report
 
 logger = logging.getLogger(__name__)
@@ -282,10 +282,19 @@ def write_retention(report: dict, output_dir: str | os.PathLike) -> tuple[Path, 
     return write_report(report, retention_markdown(report), output_dir, RETENTION_JSON, RETENTION_MARKDOWN)
 
 
-def load_model_and_tokenizer(model_id: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
-    """A Desta checkpoint (folder or Hub id) for text-only use, with its LLM tokenizer."""
+def load_model_and_tokenizer(
+    model_id: str | os.PathLike, device: str = "auto", dtype: str = "auto", quantize: str | None = None
+):
+    """A Desta checkpoint (folder or Hub id) for text-only use, with its LLM tokenizer; `quantize` as in
+    `runtime.quantization_config` (the base LLM it is compared with stays full precision)."""
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(os.fspath(model_id), trust_remote_code=True)
+    if quantize:
+        placement = quantized_load_kwargs(quantize, device, dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            os.fspath(model_id), trust_remote_code=True, dtype=dtype, **placement
+        )
+        return model.eval(), processor.tokenizer
     model = AutoModelForCausalLM.from_pretrained(os.fspath(model_id), trust_remote_code=True, dtype=dtype)
     return model.to(resolve_device(device)).eval(), processor.tokenizer
