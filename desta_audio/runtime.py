@@ -86,20 +86,23 @@ def four_bit_compute_dtype(device: torch.device, dtype: str | torch.dtype) -> to
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def check_quantization_platform(name: str, device: torch.device) -> None:
-    """A clear error, naming the fix, when `name`'s library is missing or does not run on `device`."""
+def check_quantization_platform(name: str, device: torch.device, flag: str | None = None) -> None:
+    """A clear error, naming the fix, when `name`'s library is missing or does not run on `device`.
+
+    `flag` is the option that asked (default `--quantize NAME`); only `--quantize` can switch to torchao instead.
+    """
     library = QUANTIZATION_LIBRARIES[name]
+    asked = flag or f"--quantize {name}"
     try:
         module = importlib.import_module(library)
     except ImportError as error:
-        raise ValueError(f"--quantize {name} needs {library}, which is not installed: {QUANTIZATION_EXTRA}") from error
+        raise ValueError(f"{asked} needs {library}, which is not installed: {QUANTIZATION_EXTRA}") from error
     supported = getattr(module, "supported_torch_devices", None)  # bitsandbytes lists the backends it was built with
     if supported is not None and device.type not in supported:
-        others = ", ".join(other for other, lib in QUANTIZATION_LIBRARIES.items() if lib != library)
+        instead = "" if flag else ", or --quantize int8 (torchao)"
         raise ValueError(
-            f"--quantize {name}: bitsandbytes {getattr(module, '__version__', '')} does not run on {device.type} "
-            f"(it supports {', '.join(sorted(supported))}); use --device {' or '.join(sorted(supported))}, or "
-            f"--quantize {others} (torchao)"
+            f"{asked}: bitsandbytes {getattr(module, '__version__', '')} does not run on {device.type} (it supports "
+            f"{', '.join(sorted(supported))}); use --device {' or '.join(sorted(supported))}{instead}"
         )
 
 

@@ -1055,3 +1055,74 @@ def test_script_on_cpu_without_precision_flags_picks_float32(llm_dir, whisper_di
     result = run_script(["--llm", str(llm_dir), "--whisper", str(whisper_dir), "--output_dir", str(tmp_path)], tmp_path)
     assert "precision: float32" in result.stderr, result.stderr[-3000:]
     assert_one_line_error(result, "--dataset_name")
+
+
+# ----------------------------------------------------------------------------- QLoRA
+def qlora_flags(checkpoint, data, output_dir) -> list[str]:
+    return [
+        "--model_name_or_path", str(checkpoint), "--data_files", str(data), "--output_dir", str(output_dir),
+        "--load_in_4bit", "true", "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",
+        "--per_device_train_batch_size", "2", "--use_cpu", "true", "--save_steps", "1", *CPU_TRAINING,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_qlora_trains_adapters_on_a_4bit_llm_resumes_and_loads_with_the_adapter(saved_model_dir, audio_dir, tmp_path):
+    """--load_in_4bit --use_peft: LoRA wraps 4-bit LLM layers, the connector trains in float32, a stopped run
+    resumes, and the saved adapter (with the connector) loads onto the 4-bit base for inference."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import datasets
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import BitsAndBytesConfig
+    from trl import ModelConfig
+
+    sys.path.insert(0, str(REPO_ROOT))
+    import train_sft
+    from desta_audio.training import build_trainer, freeze_for_sft, load_model_and_processor, lora_config
+
+    rows = [sft_record(f"r{i}", str(audio_dir / "tone.wav"), "A tone.") for i in range(4)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    model_args = ModelConfig(model_name_or_path=str(saved_model_dir), load_in_4bit=True, use_peft=True, lora_r=4)
+    model, processor = load_model_and_processor(script_arguments(), model_args)
+    freeze_for_sft(model)
+    trainer = build_trainer(
+        model, processor, sft_args(output_dir=str(tmp_path / "inspect"), use_cpu=True), script_arguments(),
+        datasets.Dataset.from_list(rows), peft_config=lora_config(model_args),
+    )  # fmt: skip
+    lora_layers = [m for n, m in trainer.model.named_modules() if n.endswith("q_proj") and hasattr(m, "lora_A")]
+    assert lora_layers and all(isinstance(m.base_layer, bnb.nn.Linear4bit) for m in lora_layers)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or ".connector.modules_to_save." in n for n in trainable)
+    connector = trainer.model.base_model.model.model.connector.modules_to_save["default"]
+    assert {p.dtype for p in connector.parameters()} == {torch.float32}
+
+    output = tmp_path / "out"
+    assert train_sft.run([*qlora_flags(saved_model_dir, data, output), "--max_steps", "1"]) == 0
+    flags = [*qlora_flags(saved_model_dir, data, output), "--max_steps", "2", "--resume_from_checkpoint", "true"]
+    assert train_sft.run(flags) == 0
+    assert json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+    base = DestaForConditionalGeneration.from_pretrained(
+        saved_model_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    )
+    tuned = PeftModel.from_pretrained(base, output / "lora_adapter")
+    trained_connector = load_file(output / "lora_adapter" / "adapter_model.safetensors")
+    assert any(".connector." in name for name in trained_connector)
+    assert tuned.generate(input_ids=torch.tensor([[1, 5, 7]]), max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+
+def test_a_quantization_flag_that_cannot_be_honoured_is_an_error(saved_model_dir, llm_dir, whisper_dir):
+    from trl import ModelConfig
+
+    from desta_audio.training import load_model_and_processor
+
+    cases = [
+        (ModelConfig(model_name_or_path=str(saved_model_dir), load_in_4bit=True), "add --use_peft true"),
+    ]
+    for model_args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_model_and_processor(script_arguments(), model_args)
+    fresh = script_arguments(llm=str(llm_dir), whisper=str(whisper_dir))
+    with pytest.raises(ValueError, match="pass --model_name_or_path DIR"):
+        load_model_and_processor(fresh, ModelConfig(load_in_4bit=True, use_peft=True))

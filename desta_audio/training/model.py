@@ -13,7 +13,7 @@ from transformers import set_seed
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
 
-from ..runtime import resolve_dtype
+from ..runtime import check_quantization_platform, resolve_dtype
 from .arguments import DestaScriptArguments
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,13 @@ def load_model_and_processor(
     if seed is not None:
         set_seed(seed)
     dtype = resolve_dtype(model_args.dtype)
+    quantization = quantized_llm_kwargs(model_args)
+    if quantization and not model_args.model_name_or_path:
+        raise ValueError(
+            "QLoRA (--load_in_4bit/--load_in_8bit) saves adapters for a base model that loads again by name: save the "
+            "fresh model first (DestaForConditionalGeneration.from_components(...).save_pretrained(DIR)) and pass "
+            "--model_name_or_path DIR."
+        )
     if model_args.model_name_or_path:
         if script_args.llm or script_args.whisper:
             raise ValueError("Give either --model_name_or_path or --llm and --whisper, not both.")
@@ -43,6 +50,7 @@ def load_model_and_processor(
             revision=revision,
             dtype=dtype,
             attn_implementation=model_args.attn_implementation,
+            **quantization,
         )
     elif script_args.llm and script_args.whisper:
         processor = DestaProcessor.from_components(
@@ -63,6 +71,32 @@ def load_model_and_processor(
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return model, processor
+
+
+def quantized_llm_kwargs(model_args) -> dict[str, Any]:
+    """`from_pretrained` keywords for TRL's `--load_in_4bit` / `--load_in_8bit` (QLoRA), or {} without them.
+
+    The quantization config is TRL's own (`get_quantization_config`: `--bnb_4bit_quant_type`,
+    `--use_bnb_nested_quant`, ...); the connector is never quantized (the model's `_keep_in_fp32_modules`). A flag
+    that cannot be honoured is an error, never a silent full-precision run: a quantized LLM trains only through
+    adapters (HF's Trainer refuses a purely quantized model), and bitsandbytes must run on this machine.
+    """
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return {}
+    from accelerate import PartialState
+    from trl import get_quantization_config
+
+    flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
+    if not model_args.use_peft:
+        raise ValueError(f"{flag} trains LoRA adapters on the quantized LLM (QLoRA): add --use_peft true.")
+    state = PartialState()
+    check_quantization_platform("4bit" if model_args.load_in_4bit else "8bit", state.device, flag)
+    config = get_quantization_config(model_args)
+    if model_args.load_in_4bit and not isinstance(config.bnb_4bit_compute_dtype, torch.dtype):
+        config.bnb_4bit_compute_dtype = torch.float32  # TRL passes --dtype through, "auto" included
+    # Each process holds its own copy on its own device (DDP); on a CPU the quantizer places it there itself.
+    device_map = {"": state.local_process_index} if state.device.type == "cuda" else None
+    return {"quantization_config": config, "device_map": device_map}
 
 
 def connector_overrides(script_args: DestaScriptArguments) -> dict[str, Any]:

@@ -22,11 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 class DestaSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose model card (written at each checkpoint, at the end and on push) describes DeSTA."""
+    """`SFTTrainer` whose model card (written at each checkpoint, at the end and on push) describes DeSTA, and whose
+    connector stays float32 under QLoRA (TRL casts every trainable parameter of a quantized model to bfloat16, the
+    QLoRA paper's choice for adapters; the connector's master weights are float32, as in every other run)."""
 
     def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs):
         self.card_info = dict(card_info or {})
         super().__init__(*args, **kwargs)
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad and ".connector." in name:
+                parameter.data = parameter.data.float()
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         if not self.is_world_process_zero():
@@ -116,7 +121,15 @@ def save_final_model(trainer: DestaSFTTrainer) -> Path:
     under ZeRO-3 or FSDP merge the saved adapter afterwards.
     """
     output_dir = Path(trainer.args.output_dir)
-    if _is_peft_model(trainer.model):
+    if _is_peft_model(trainer.model) and _is_quantized(trainer.accelerator.unwrap_model(trainer.model)):
+        # Merging into 4-/8-bit weights rounds them again (the answers change): keep the adapter, with the connector.
+        trainer.save_model(str(output_dir / "lora_adapter"))
+        if trainer.args.should_save:
+            trainer.processing_class.save_pretrained(output_dir)
+        logger.info(
+            "QLoRA: load the base model, then PeftModel.from_pretrained(model, %s)", output_dir / "lora_adapter"
+        )
+    elif _is_peft_model(trainer.model):
         trainer.save_model(str(output_dir / "lora_adapter"))
         trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         if trainer.args.should_save:
@@ -129,6 +142,10 @@ def save_final_model(trainer: DestaSFTTrainer) -> Path:
     if skipped:
         logger.warning("records skipped by this process's collator: %s", dict(skipped))
     return output_dir
+
+
+def _is_quantized(peft_model) -> bool:
+    return getattr(peft_model.get_base_model(), "hf_quantizer", None) is not None
 
 
 def _is_peft_model(model) -> bool:
