@@ -64,6 +64,7 @@ logger = logging.getLogger("train_sft")
 
 def main(script_args: sft.DestaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     sft.check_model_source(script_args, model_args)  # every argument is checked before any data is read
+    sft.check_distributed_launch(script_args, training_args)
     resume = sft.resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
     sft.check_checkpoint_files(resume)
     sft.check_output_dir(training_args.output_dir, bool(resume), script_args.overwrite_output_dir)

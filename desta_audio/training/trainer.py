@@ -1,6 +1,6 @@
 """TRL's `SFTTrainer` as TRL 1.x wants an audio model (own data collator, `remove_unused_columns=False`,
-`skip_prepare_dataset`, no trainer-side truncation), the final save with its model card, and a clean exit from a
-distributed run."""
+`skip_prepare_dataset`, no trainer-side truncation), the final save with its model card, the refusal of a
+launch that accelerate would silently change, and a clean exit from a distributed run."""
 
 from __future__ import annotations
 
@@ -174,6 +174,43 @@ def card_info_from_args(script_args: DestaScriptArguments, model_args, training_
         "repo_id": training_args.hub_model_id or Path(training_args.output_dir).name,
         "license": script_args.license,
     }
+
+
+def check_distributed_launch(script_args: DestaScriptArguments, training_args: SFTConfig) -> None:
+    """Refuse a launch that accelerate would silently turn into something else, before any data is read.
+
+    accelerate enables FSDP only on accelerators: on CPU ranks the FSDP plugin is dropped and the run is plain DDP.
+    DeepSpeed is dropped too when `--use_cpu` is given (it runs on CPU over gloo without it, with `--ddp_backend
+    gloo`). Without `--use_cpu` or a backend, ranks on a machine without GPUs each train alone into the same folder.
+    Under ZeRO-3, transformers loads every model partitioned, and a bare Whisper's weight initialisation fails on a
+    partitioned position table (transformers 5.25), so the fresh connector must be saved first.
+    """
+    from accelerate.utils import parse_flag_from_env
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    on_cpu = training_args.device.type == "cpu"
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and on_cpu:
+        raise ValueError(
+            "FSDP runs on GPUs only: accelerate drops the FSDP plugin on CPU and this run would be plain data parallel. "
+            "On CPU launch with recipes/accelerate/ddp.yaml and --use_cpu true."
+        )
+    if getattr(training_args, "deepspeed_plugin", None) is not None and training_args.use_cpu:
+        raise ValueError(
+            "DeepSpeed ignores --use_cpu (accelerate would run plain data parallel): on a machine without GPUs drop "
+            "--use_cpu and pass --ddp_backend gloo."
+        )
+    if launched > 1 and training_args.world_size != launched:
+        raise ValueError(
+            f"{launched} processes were launched but no GPU was found, so each would train alone: pass --use_cpu true "
+            "(data parallel over gloo), or --ddp_backend gloo with a DeepSpeed config."
+        )
+    if is_deepspeed_zero3_enabled() and script_args.llm:
+        raise ValueError(
+            "Under DeepSpeed ZeRO-3 a fresh connector (--llm/--whisper) cannot be built: save it first "
+            "(DestaForConditionalGeneration.from_components(...).save_pretrained(DIR), or a short run under "
+            "recipes/accelerate/ddp.yaml), then pass --model_name_or_path DIR."
+        )
 
 
 def leave_distributed_run() -> None:
