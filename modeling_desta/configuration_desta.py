@@ -97,6 +97,14 @@ class DestaConfig(PreTrainedConfig):
         audio_start_text / audio_end_text (`str`): plain-text markers around each audio span.
         asr_generation_config (`dict`, *optional*): Whisper's own generation config (task tokens, no-speech
             token, suppressed tokens), kept so the saved checkpoint can transcribe like the source Whisper.
+        audio_tap_layer_norm (`bool`, defaults to `False`): pass every tapped state through the Whisper encoder's
+            own final layer norm before the connector. The release taps raw residual states (off).
+        qformer_mask_padding (`bool`, defaults to `False`): the connector ignores the encoder positions that only
+            hold Whisper's zero padding of the 30 s window (found in `input_features`). The release attends to all
+            1500 positions (off).
+        qformer_audio_queries (`bool`, defaults to `False`): add to each tap's learned queries a linear map of that
+            tap's mean state over the clip's positions, so the queries, which post-LN layers keep dominant, start
+            out carrying the clip. Not in the release (off). See docs/small_model.md for why a small model needs it.
     """
 
     model_type = "desta"
@@ -123,6 +131,9 @@ class DestaConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     custom_pipelines: dict | None = None
     asr_generation_config: dict | None = None
+    audio_tap_layer_norm: bool = False
+    qformer_mask_padding: bool = False
+    qformer_audio_queries: bool = False
 
     def __post_init__(self, **kwargs):
         self.audio_config = _sub_config(self.audio_config, "whisper", RELEASE_AUDIO_CONFIG)

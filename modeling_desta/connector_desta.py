@@ -58,7 +58,9 @@ class DestaQFormerAttention(nn.Module):
         batch, length, _ = states.shape
         return states.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, key_value_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         query = self._split_heads(self.query(hidden_states))
         key = self._split_heads(self.key(key_value_states))
         value = self._split_heads(self.value(key_value_states))
@@ -68,7 +70,7 @@ class DestaQFormerAttention(nn.Module):
             query,
             key,
             value,
-            None,
+            attention_mask,
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
             is_causal=False,
@@ -97,8 +99,10 @@ class DestaQFormerAttentionBlock(nn.Module):
         self.self = DestaQFormerAttention(config)
         self.output = DestaQFormerResidualOutput(config, config.audio_config.d_model)
 
-    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden_states, key_value_states), hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, key_value_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.output(self.self(hidden_states, key_value_states, attention_mask), hidden_states)
 
 
 class DestaQFormerIntermediate(nn.Module):
@@ -121,9 +125,11 @@ class DestaQFormerLayer(GradientCheckpointingLayer):
         self.intermediate = DestaQFormerIntermediate(config)
         self.output = DestaQFormerResidualOutput(config, config.qformer_intermediate_size)
 
-    def forward(self, queries: torch.Tensor, audio_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, audio_states: torch.Tensor, audio_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         queries = self.attention(queries, queries)
-        queries = self.crossattention(queries, audio_states)
+        queries = self.crossattention(queries, audio_states, audio_mask)
         return self.output(self.intermediate(queries), queries)
 
 
@@ -132,10 +138,35 @@ class DestaQFormer(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(DestaQFormerLayer(config) for _ in range(config.qformer_num_hidden_layers))
 
-    def forward(self, queries: torch.Tensor, audio_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, audio_states: torch.Tensor, audio_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for layer in self.layer:
-            queries = layer(queries, audio_states)
+            queries = layer(queries, audio_states, audio_mask)
         return queries
+
+
+def audio_position_mask(input_features: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """`(num_windows, num_positions)`, True where an encoder position hears the clip, False where it only holds the
+    zero padding of Whisper's 30 s window.
+
+    Whisper's feature extractor floors every window's log-mel at its maximum minus 8 (log10 units), so padding
+    frames hold exactly the window's minimum in every mel bin. A position (two mel frames, the encoder's stride)
+    is padding when both of its frames are. A window with no such frame at all (digital silence) keeps every
+    position, so its queries still have something to attend to.
+    """
+    floor = input_features.amin(dim=(1, 2), keepdim=True)
+    heard_frames = (input_features > floor + 1e-5).any(dim=1)
+    heard = heard_frames.view(heard_frames.shape[0], num_positions, -1).any(dim=-1)
+    return heard | ~heard.any(dim=-1, keepdim=True)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`(batch, hidden)`: the mean of `states` `(batch, positions, hidden)` over the positions `mask` keeps."""
+    if mask is None:
+        return states.mean(dim=1)
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 class DestaConnector(nn.Module):
@@ -159,24 +190,53 @@ class DestaConnector(nn.Module):
             nn.LayerNorm(hidden_size, eps=config.projector_layer_norm_eps),
             nn.Linear(hidden_size, config.text_config.hidden_size),
         )
+        self.mask_padding = config.qformer_mask_padding
+        self.audio_queries = (
+            nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_taps))
+            if config.qformer_audio_queries
+            else None
+        )
 
     def mixing_weights(self) -> torch.Tensor:
         """`(num_audio_queries, num_taps)`: each query's softmax over taps."""
         return self.layer_weights.softmax(dim=-1)
 
-    def forward(self, tapped_states: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, tapped_states: list[torch.Tensor], input_features: torch.Tensor | None = None) -> torch.Tensor:
         """One Q-Former pass per tap, accumulated into the mixture as it goes.
+
+        `input_features` (the Whisper features the taps came from) is needed only by a connector that masks the
+        window's padding (`qformer_mask_padding`).
 
         Per-tap passes rather than one pass over all taps stacked into the batch: in training, attention dropout
         falls back to a path that materialises a `(batch, heads, queries, frames)` mask per call, which at
         `num_taps` times the size crosses the allocator's mmap threshold and is mapped and unmapped at every
         step; stacking also copied every tap once (`torch.cat`). See docs/performance.md for the measurements.
         """
-        batch = tapped_states[0].shape[0]
+        batch, num_positions = tapped_states[0].shape[:2]
         weights = self.mixing_weights()
+        position_mask = self._position_mask(input_features, num_positions)
+        attention_mask = None
+        if position_mask is not None:
+            dtype = self.layer_prompts[0].dtype
+            attention_mask = torch.zeros(position_mask.shape, dtype=dtype, device=position_mask.device)
+            attention_mask = attention_mask.masked_fill(~position_mask, torch.finfo(dtype).min)[:, None, None, :]
         mixed = None
         for tap, (prompt, states) in enumerate(zip(self.layer_prompts, tapped_states)):
-            per_tap = self.qformer(prompt.expand(batch, -1, -1), states.to(prompt.dtype))
+            states = states.to(prompt.dtype)
+            queries = prompt.expand(batch, -1, -1)
+            if self.audio_queries is not None:
+                queries = queries + self.audio_queries[tap](masked_mean(states, position_mask)).unsqueeze(1)
+            per_tap = self.qformer(queries, states, attention_mask)
             weighted = per_tap * weights[:, tap, None].to(per_tap.dtype)
             mixed = weighted if mixed is None else mixed + weighted
         return self.proj(mixed)
+
+    def _position_mask(self, input_features: torch.Tensor | None, num_positions: int) -> torch.Tensor | None:
+        if not self.mask_padding:
+            return None
+        if input_features is None:
+            raise ValueError(
+                "This connector masks Whisper's padding (qformer_mask_padding=True), so it needs the input_features "
+                "its taps came from: call connector(taps, input_features)."
+            )
+        return audio_position_mask(input_features, num_positions)

@@ -102,7 +102,13 @@ class DestaModel(DestaPreTrainedModel):
         self, input_features: torch.Tensor, output_last_hidden_state: bool = False
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """`encode_taps` on this model's Whisper encoder and `audio_layer_ids`."""
-        return encode_taps(self.audio_encoder, input_features, self.config.audio_layer_ids, output_last_hidden_state)
+        return encode_taps(
+            self.audio_encoder,
+            input_features,
+            self.config.audio_layer_ids,
+            output_last_hidden_state,
+            tap_layer_norm=self.config.audio_tap_layer_norm,
+        )
 
     @can_return_tuple
     def get_audio_features(
@@ -133,7 +139,7 @@ class DestaModel(DestaPreTrainedModel):
             hidden_states[-1] = last_hidden_state  # Whisper reports its final state after the layer norm
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
-            pooler_output=self.connector(taps).flatten(0, 1),
+            pooler_output=self.connector(taps, input_features).flatten(0, 1),
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(recorded["attentions"]) if output_attentions else None,
         )
@@ -209,9 +215,16 @@ class DestaModel(DestaPreTrainedModel):
 
 
 def encode_taps(
-    encoder, input_features: torch.Tensor, tap_ids: list[int], output_last_hidden_state: bool = False
+    encoder,
+    input_features: torch.Tensor,
+    tap_ids: list[int],
+    output_last_hidden_state: bool = False,
+    tap_layer_norm: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run the Whisper encoder once: the tapped states (pre-final-LN) of the layers `tap_ids` and the last state.
+    """Run the Whisper encoder once: the tapped states of the layers `tap_ids` and the last state.
+
+    Taps are the layers' raw outputs (before the final layer norm, as in the release), or with `tap_layer_norm`
+    (the config's `audio_tap_layer_norm`) those outputs through the encoder's own final layer norm.
 
     Shared by the model and the vLLM plugin's worker, so both compute the same taps.
 
@@ -243,7 +256,7 @@ def encode_taps(
         for index, layer in enumerate(encoder.layers[: last_layer + 1]):
             hidden_states = layer(hidden_states, None)
             if index in tap_ids:
-                taps.append(hidden_states)
+                taps.append(encoder.layer_norm(hidden_states) if tap_layer_norm else hidden_states)
         if last_layer == len(encoder.layers) - 1:
             hidden_states = encoder.layer_norm(hidden_states)
     return taps, hidden_states

@@ -214,8 +214,13 @@ class DestaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
             features = torch.cat(list(features))
         counts = [int(count) for count in torch.as_tensor(kwargs["window_counts"]).flatten()]
         with torch.no_grad():
-            taps, _ = encode_taps(self.audio_encoder, features, self.config.audio_layer_ids)
-            vectors = self.connector(taps)
+            taps, _ = encode_taps(
+                self.audio_encoder,
+                features,
+                self.config.audio_layer_ids,
+                tap_layer_norm=self.config.audio_tap_layer_norm,
+            )
+            vectors = self.connector(taps, features)
         return tuple(chunk.flatten(0, 1) for chunk in vectors.split(counts))
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs: object):

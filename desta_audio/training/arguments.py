@@ -45,6 +45,18 @@ class DestaScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Fresh connector: 0-based Whisper encoder layers to tap (default: 4 evenly spaced)."},
     )
+    audio_tap_layer_norm: bool = field(
+        default=False,
+        metadata={"help": "Fresh connector: taps through Whisper's final layer norm (the release: raw taps)."},
+    )
+    qformer_mask_padding: bool = field(
+        default=False,
+        metadata={"help": "Fresh connector: ignore the positions of Whisper's window padding (the release: all)."},
+    )
+    qformer_audio_queries: bool = field(
+        default=False,
+        metadata={"help": "Fresh connector: queries start from each clip's mean tap state (not in the release)."},
+    )
     max_transcript_tokens: int | None = field(
         default=100, metadata={"help": "Cap on each transcript's LLM tokens (the release used 100)."}
     )

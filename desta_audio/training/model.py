@@ -104,6 +104,9 @@ def connector_overrides(script_args: DestaScriptArguments) -> dict[str, Any]:
         "num_audio_queries": script_args.num_audio_queries,
         "qformer_num_hidden_layers": script_args.qformer_num_hidden_layers,
         "qformer_intermediate_size": script_args.qformer_intermediate_size,
+        "audio_tap_layer_norm": script_args.audio_tap_layer_norm,
+        "qformer_mask_padding": script_args.qformer_mask_padding,
+        "qformer_audio_queries": script_args.qformer_audio_queries,
     }
     if script_args.audio_layer_ids is not None:
         overrides["audio_layer_ids"] = list(script_args.audio_layer_ids)
