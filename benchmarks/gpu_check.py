@@ -12,7 +12,10 @@
    generation config (language detection, then transcribe): the pipeline's lean loop (`transcribe_windows`)
    against `whisper.generate` on the same encoder states, milliseconds per decode step each, and how many windows got the
    same tokens from both.
-5. If vLLM is installed: the `vllm` engine of build_dataset.py on a small random Llama (rows/s, and how many
+5. The same model saved, then loaded in 4-bit (bitsandbytes nf4, bf16 compute; Whisper's and the LLM's linear layers
+   quantized, the connector float32) through the pipeline at batch 1. Goals: peak GPU memory <= 7 GB and LLM decode
+   >= 0.6x the bf16 tokens/s of step 2 (`goals_met`).
+6. If vLLM is installed: the `vllm` engine of build_dataset.py on a small random Llama (rows/s, and how many
    greedy rows match the in-process engine), and the real-size model above served by vLLM through this package's
    plugin (bf16; 30 s clips with transcripts, `LLM.chat`): requests/s and generated tokens/s.
 
@@ -36,6 +39,7 @@ from transformers import GenerationConfig, WhisperFeatureExtractor
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
+from desta_audio import runtime
 from desta_audio import testing as tiny_assets
 from desta_audio.data.descriptions import generation_messages, load_instructions
 from desta_audio.data.engines import TransformersGenerator, VLLMGenerator
@@ -55,6 +59,8 @@ TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2
 CLIP_SECONDS = 30.0
 TRAIN_BATCH = 12
 ASR_NEW_TOKENS = 64
+GOAL_4BIT_PEAK_GB = 7.0  # at batch 1, the release's sizes in 4-bit
+GOAL_4BIT_DECODE_VS_BF16 = 0.6
 # whisper-large-v3's generation config: 100 language tokens from 50259, then the task tokens; detect, then transcribe.
 LARGE_V3_GENERATION = {
     "decoder_start_token_id": 50258, "bos_token_id": 50257, "eos_token_id": 50257, "pad_token_id": 50257,
@@ -74,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=128, help="LLM tokens decoded per row (default: 128)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="pipeline batch sizes")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["pipeline", "train", "asr", "vllm"], help="parts to skip"
+        "--skip", nargs="*", default=[], choices=["pipeline", "train", "asr", "4bit", "vllm"], help="parts to skip"
     )
     parser.add_argument("--configs-only", action="store_true", help="build and print the configs, run nothing")
     args = parser.parse_args(argv)
@@ -253,6 +259,29 @@ def check_asr(model, processor, device: str, batch_sizes: list[int]) -> list[dic
     return rows
 
 
+def check_4bit(folder: str, processor, device: str, new_tokens: int, bf16_rows: list[dict]) -> dict:
+    """The saved model loaded in 4-bit through the pipeline at batch 1, against the goals (bf16_rows: step 2's rows)."""
+    import bitsandbytes
+
+    started = time.perf_counter()
+    config = runtime.quantization_config("4bit", device)
+    model = DestaForConditionalGeneration.from_pretrained(folder, quantization_config=config, device_map=device)
+    load_s = time.perf_counter() - started
+    row = check_pipeline(model, processor, device, [1], new_tokens)[0]
+    bf16 = next((r["decode_tokens_per_s"] for r in bf16_rows if r["part"] == "pipeline batch 1"), None)
+    ratio = round(row["decode_tokens_per_s"] / bf16, 2) if bf16 else None
+    peak = row["peak_gpu_gb"]
+    met = None if peak is None or ratio is None else peak <= GOAL_4BIT_PEAK_GB and ratio >= GOAL_4BIT_DECODE_VS_BF16
+    return {
+        **row,
+        "part": "pipeline batch 1, 4-bit nf4",
+        "load_s": round(load_s, 1),
+        "linear4bit_layers": sum(isinstance(m, bitsandbytes.nn.Linear4bit) for m in model.modules()),
+        "decode_vs_bf16": ratio,
+        "goals_met": met,
+    }
+
+
 def timed(device: str, work, *args, **kwargs):
     synchronize(device)
     started = time.perf_counter()
@@ -357,17 +386,21 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_asr(model, processor, args.device, args.batch_sizes)
     if "train" not in args.skip:
         rows.append(check_training_step(model, processor, args.device))
-    served = None
-    if "vllm" not in args.skip and importlib.util.find_spec("vllm") is not None:
-        served = tempfile.mkdtemp(prefix="gpu_check_desta_")
-        model.save_pretrained(served)
-        processor.save_pretrained(served)
+    vllm = "vllm" not in args.skip and importlib.util.find_spec("vllm") is not None
+    saved = None
+    if vllm or "4bit" not in args.skip:
+        saved = tempfile.mkdtemp(prefix="gpu_check_desta_")
+        model.save_pretrained(saved)
+        processor.save_pretrained(saved)
     del model
     reset_peak(args.device)
+    if "4bit" not in args.skip:
+        rows.append(check_4bit(saved, processor, args.device, args.new_tokens, rows))
+        reset_peak(args.device)
     if "vllm" not in args.skip:
         rows.append(check_vllm(args.device))
-        if served is not None:
-            rows.append(check_vllm_serving(served, args.new_tokens))
+        if vllm:
+            rows.append(check_vllm_serving(saved, args.new_tokens))
     print_table(rows)
     print(json.dumps({"shapes": shapes, "results": rows}))
     return 0

@@ -65,3 +65,19 @@ def test_asr_part_runs_on_tiny_configs_and_both_paths_agree():
     assert [row["same_tokens_windows"] for row in rows] == ["1/1", "2/2"]
     assert all(row["lean_ms_per_step"] > 0 and row["generate_ms_per_step"] > 0 for row in rows)
     assert all(1 <= row["decode_steps"] <= gpu_check.ASR_NEW_TOKENS for row in rows)
+
+
+def test_4bit_part_loads_the_saved_model_in_4bit_and_reports_the_goals(tmp_path):
+    pytest.importorskip("bitsandbytes", reason="the [quantization] extra (bitsandbytes) is not installed")
+    gpu_check = load_gpu_check()
+    config = gpu_check.build_config(tiny=True)
+    model, _ = gpu_check.build_model(config, "cpu", torch.float32)
+    processor = gpu_check.build_processor(config)
+    bf16_rows = gpu_check.check_pipeline(model, processor, "cpu", [1], new_tokens=3)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    row = gpu_check.check_4bit(str(tmp_path), processor, "cpu", 3, bf16_rows)
+    assert row["part"] == "pipeline batch 1, 4-bit nf4" and row["decode_tokens_per_s"] > 0
+    assert row["linear4bit_layers"] > 0 and row["decode_vs_bf16"] > 0
+    assert row["peak_gpu_gb"] is None and row["goals_met"] is None  # no GPU memory to hold against the goal on CPU
+    assert gpu_check.parse_args(["--skip", "4bit"]).skip == ["4bit"]
