@@ -146,3 +146,39 @@ def test_zero3_with_a_fresh_connector_names_the_fix(llm_dir, whisper_dir):
     stderr = launch_error("deepspeed_zero3.yaml", "--llm", str(llm_dir), "--whisper", str(whisper_dir))
     assert "train_sft.py: error: Under DeepSpeed ZeRO-3 a fresh connector" in stderr
     assert "--model_name_or_path DIR" in stderr
+
+
+FSDP2_SAVE = """
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[3], RANK="0", WORLD_SIZE="1")
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from desta_audio.training.trainer import saved_as_its_own_class
+from modeling_desta import DestaForConditionalGeneration
+dist.init_process_group("gloo")
+model = DestaForConditionalGeneration.from_pretrained(sys.argv[1])
+fully_shard(model)
+state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+with saved_as_its_own_class(model):
+    model.save_pretrained(sys.argv[2], state_dict=state)
+assert isinstance(model, FSDPModule)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_an_fsdp2_sharded_model_saves_a_folder_that_loads_with_remote_code(saved_model_dir, tmp_path):
+    """What the Trainer's FSDP save does (save_pretrained on the sharded model with the gathered weights), on one CPU
+    process: the folder holds modeling_desta.py, not torch's FSDP files, and `auto_map` names DeSTA's classes."""
+    from transformers import AutoModel
+
+    output = tmp_path / "saved"
+    command = [sys.executable, "-c", FSDP2_SAVE, str(saved_model_dir), str(output), str(free_port())]
+    run(command, cwd=tmp_path, timeout=300)
+    assert (output / "modeling_desta.py").exists() and not list(output.glob("_fsdp*.py"))
+    auto_map = json.loads((output / "config.json").read_text())["auto_map"]
+    assert all("FSDP" not in target for target in auto_map.values()), auto_map
+    loaded = AutoModel.from_pretrained(output, trust_remote_code=True).state_dict()
+    start = AutoModel.from_pretrained(saved_model_dir, trust_remote_code=True).state_dict()
+    assert loaded.keys() == start.keys() and all(torch.equal(loaded[k], start[k]) for k in start)

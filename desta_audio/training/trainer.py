@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ class DestaSFTTrainer(SFTTrainer):
             if parameter.requires_grad and ".connector." in name:
                 parameter.data = parameter.data.float()
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        with saved_as_its_own_class(self.model):
+            super()._save(output_dir, state_dict=state_dict)
+
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         if not self.is_world_process_zero():
             return
@@ -45,6 +50,27 @@ class DestaSFTTrainer(SFTTrainer):
         if dataset_name:
             info["dataset"] = dataset_name
         write_model_card(self.args.output_dir, self.model.config, info)
+
+
+@contextmanager
+def saved_as_its_own_class(model):
+    """Let an FSDP2-sharded model save as the class it was built from.
+
+    `fully_shard` turns a model's class into torch's `FSDP<Class>`; `save_pretrained` would then copy torch's
+    `_fsdp_*.py` files as the folder's remote code (instead of `modeling_desta.py`) and name `FSDP<Class>` in
+    `auto_map`, so the folder would not load with `trust_remote_code=True`. The gathered weights are the same.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = type(model)
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(cls for cls in sharded.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded
 
 
 def prepare_training_args(training_args: SFTConfig) -> int | None:
