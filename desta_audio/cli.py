@@ -405,19 +405,8 @@ def run_combine(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """Run the mode `args` selects, write JSON + Markdown into --output-dir, print the Markdown table."""
-    logging.getLogger("desta_audio.evaluation").setLevel(logging.INFO)
-    if args.combine:
-        return run_combine(args)
-    if args.rescore and args.benchmark:
-        results = ev.rescore_preset(args.benchmark, args.rescore, args.output_dir)
-        sys.stdout.write(ev.results_markdown(results))
-        return 0
-    if args.rescore:
-        results = ev.rescore(args.rescore, args.output_dir, args.category_columns)
-        sys.stdout.write(ev.results_markdown(results))
-        return 0
+def check_model_source(args: argparse.Namespace) -> None:
+    """The model to evaluate and the options that must agree with where it runs (here, or at --base-url)."""
     if not args.model:
         raise ValueError("--model is required to run a benchmark or the retention check")
     if args.base_url and args.quantize:
@@ -435,6 +424,22 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.base_url:
         resolve_device(args.device)
         check_model(args.model)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the mode `args` selects, write JSON + Markdown into --output-dir, print the Markdown table."""
+    logging.getLogger("desta_audio.evaluation").setLevel(logging.INFO)
+    if args.combine:
+        return run_combine(args)
+    if args.rescore and args.benchmark:
+        results = ev.rescore_preset(args.benchmark, args.rescore, args.output_dir)
+        sys.stdout.write(ev.results_markdown(results))
+        return 0
+    if args.rescore:
+        results = ev.rescore(args.rescore, args.output_dir, args.category_columns)
+        sys.stdout.write(ev.results_markdown(results))
+        return 0
+    check_model_source(args)
     if args.retention:
         model, tokenizer = ev.load_model_and_tokenizer(args.model, args.device, args.dtype, args.quantize)
         report = ev.knowledge_retention(

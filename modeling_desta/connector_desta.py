@@ -169,6 +169,20 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (states * weights).sum(dim=1) / weights.sum(dim=1)
 
 
+class DestaLayerPrompts(nn.ParameterList):
+    """The learned queries of each tap, `(1, num_audio_queries, hidden)` each (state-dict keys `layer_prompts.N`).
+
+    Read through `forward` rather than by index so that an offloaded connector (`device_map` with CPU or disk
+    offload) gets them loaded: accelerate loads a module's weights when its `forward` runs, and a plain
+    `ParameterList` has none (and refuses to be called, hence `nn.Module`'s call).
+    """
+
+    __call__ = nn.Module.__call__
+
+    def forward(self, tap: int, batch: int) -> torch.Tensor:
+        return self[tap].expand(batch, -1, -1)
+
+
 class DestaConnector(nn.Module):
     """Turns the tapped Whisper states of each 30 s window into `num_audio_queries` LLM-sized vectors.
 
@@ -181,7 +195,7 @@ class DestaConnector(nn.Module):
         super().__init__()
         hidden_size = config.audio_config.d_model
         num_taps = len(config.audio_layer_ids)
-        self.layer_prompts = nn.ParameterList(
+        self.layer_prompts = DestaLayerPrompts(
             nn.Parameter(torch.empty(1, config.num_audio_queries, hidden_size)) for _ in range(num_taps)
         )
         self.layer_weights = nn.Parameter(torch.zeros(config.num_audio_queries, num_taps))
@@ -217,13 +231,13 @@ class DestaConnector(nn.Module):
         position_mask = self._position_mask(input_features, num_positions)
         attention_mask = None
         if position_mask is not None:
-            dtype = self.layer_prompts[0].dtype
+            dtype = self.layer_weights.dtype
             attention_mask = torch.zeros(position_mask.shape, dtype=dtype, device=position_mask.device)
             attention_mask = attention_mask.masked_fill(~position_mask, torch.finfo(dtype).min)[:, None, None, :]
         mixed = None
-        for tap, (prompt, states) in enumerate(zip(self.layer_prompts, tapped_states)):
-            states = states.to(prompt.dtype)
-            queries = prompt.expand(batch, -1, -1)
+        for tap, states in enumerate(tapped_states):
+            queries = self.layer_prompts(tap, batch)
+            states = states.to(queries.dtype)
             if self.audio_queries is not None:
                 queries = queries + self.audio_queries[tap](masked_mean(states, position_mask)).unsqueeze(1)
             per_tap = self.qformer(queries, states, attention_mask)

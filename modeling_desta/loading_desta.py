@@ -78,9 +78,7 @@ class DestaAssemblyMixin:
         check_connector_not_quantized(kwargs.get("quantization_config"))
         release = _release_config(pretrained_model_name_or_path, config, kwargs)
         if release is None:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-            load_offloaded_connector_whole(model)
-            return model
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
         return cls.from_release(pretrained_model_name_or_path, release, **kwargs)
 
     @classmethod
@@ -216,34 +214,6 @@ def check_connector_not_quantized(quantization_config) -> None:
             f"The quantization config names the connector ({', '.join(named)}); the connector always stays float32 "
             "and is never quantized. Remove those entries: the LLM and Whisper are quantized, the connector is not."
         )
-
-
-def load_offloaded_connector_whole(model: PreTrainedModel) -> None:
-    """Make an offloaded connector (`device_map` with disk, or CPU beside a GPU) load all its weights when it runs.
-
-    accelerate hooks each offloaded module that holds tensors and loads them when that module's `forward` runs; the
-    connector's query prompts live in a `ParameterList`, which has no forward, so they would stay on the meta device.
-    The connector is therefore re-hooked as one preloaded block, accelerate's own mechanism for such modules
-    (`preload_module_classes`, which transformers' dispatch does not pass). accelerate is installed whenever a
-    model carries offload hooks, so it is imported only then.
-    """
-    connector = model.model.connector if hasattr(model, "lm_head") else model.connector
-    hook = getattr(connector, "_hf_hook", None)
-    if hook is None or not getattr(hook, "offload", False):
-        return
-    from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
-
-    remove_hook_from_module(connector, recurse=True)
-    attach_align_device_hook(
-        connector,
-        execution_device=hook.execution_device,
-        offload=True,
-        weights_map=hook.weights_map.dataset,
-        module_name=hook.weights_map.prefix.rstrip("."),
-        preload_module_classes=[type(connector).__name__],
-        skip_keys=hook.skip_keys,
-        tied_params_map=hook.tied_params_map,
-    )
 
 
 def _connector(model: PreTrainedModel, state: dict | None) -> DestaConnector:

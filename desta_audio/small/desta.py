@@ -12,6 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from transformers import set_seed
+
+from modeling_desta import DestaForConditionalGeneration
+from processing import DestaProcessor
+
 from .smollm2 import cached_smollm2
 from .whisper_tiny_en import cached_whisper_tiny_en, default_cache_dir
 
@@ -23,11 +28,6 @@ CONNECTOR = {"qformer_num_hidden_layers": 2, "qformer_intermediate_size": 1024}
 
 def build_small_desta(out_dir: str | os.PathLike) -> Path:
     """Write the small DeSTA checkpoint (float32) into `out_dir`; a finished `out_dir` is kept."""
-    from transformers import set_seed
-
-    from modeling_desta import DestaForConditionalGeneration
-    from processing import DestaProcessor
-
     out = Path(out_dir)
     if (out / "model.safetensors").exists():
         return out
