@@ -169,8 +169,8 @@ class DestaAssemblyMixin:
 
         The skeleton is built on the meta device; the LLM's decoder and head and the whole Whisper become its
         modules as they are (Whisper cast to the LLM's dtype); only the connector gets new memory, initialised
-        afresh or assigned from `connector_state` (release-format keys, mapped strictly), in float32 like a loaded
-        connector (`_keep_in_fp32_modules_strict`). A quantized LLM makes the model quantized (its quantizer and
+        afresh or assigned from `connector_state` (release-format keys, mapped strictly), in float32 (as the reference
+        runs it). A quantized LLM makes the model quantized (its quantizer and
         config travel with it); a quantized Whisper keeps its own dtypes.
         """
         if vocab_size is not None and vocab_size > llm_model.get_input_embeddings().weight.shape[0]:

@@ -52,10 +52,10 @@ class DestaPreTrainedModel(PreTrainedModel):
     # (a Whisper layer, a decoder layer) are collected from them by `post_init`.
     _no_split_modules = ["DestaConnector"]
     # The connector is never quantized (transformers' quantizers skip `_keep_in_fp32_modules`) and stays float32 when
-    # the rest loads in bfloat16 or float16 (`_strict`), as the reference ran it; its input and output are cast.
-    # Quantizers match a name from the model's root, so both roots are named: DestaModel's and the head model's.
+    # the rest loads in float16. Quantizers match a name from the model's root, so both roots are named: DestaModel's
+    # and the head model's. (`_keep_in_fp32_modules_strict`, for bfloat16 too, would need the connector's weights
+    # created in float32 whatever the default dtype, which transformers' common tests check; not done yet.)
     _keep_in_fp32_modules = CONNECTOR_MODULE_NAMES
-    _keep_in_fp32_modules_strict = CONNECTOR_MODULE_NAMES
     _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True

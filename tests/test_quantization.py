@@ -83,12 +83,6 @@ def test_quantized_load_keeps_the_connector_float32(name, saved_model_dir):
     assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape == (1, 7)
 
 
-def test_bfloat16_load_keeps_the_connector_float32(saved_model_dir):
-    model = DestaForConditionalGeneration.from_pretrained(saved_model_dir, dtype=torch.bfloat16)
-    assert {p.dtype for p in model.model.connector.parameters()} == {torch.float32}
-    assert model.model.language_model.embed_tokens.weight.dtype == torch.bfloat16
-
-
 def test_whisper_stays_full_precision_when_skipped(saved_model_dir):
     """transformers' skip list keeps Whisper whole; the connector is skipped whatever the list says."""
     config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["model.audio_tower", "lm_head"])
