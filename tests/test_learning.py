@@ -29,7 +29,7 @@ from processing.audio_io import load_audio
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(2400),  # about 15 minutes of training on 2 cores: the suite's longest test
+    pytest.mark.timeout(2400),  # 5 minutes on 2 idle cores, much longer beside other work
     pytest.mark.skipif(not tools_available(), reason="espeak-ng and sox make the lab's clips"),
 ]
 
