@@ -8,8 +8,6 @@ SmolLM2's own, which is what quantization and offloading checks compare.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import set_seed
@@ -17,8 +15,9 @@ from transformers import set_seed
 from modeling_desta import DestaForConditionalGeneration
 from processing import DestaProcessor
 
+from .cache import default_cache_dir, save_whole
 from .smollm2 import cached_smollm2
-from .whisper_tiny_en import cached_whisper_tiny_en, default_cache_dir
+from .whisper_tiny_en import cached_whisper_tiny_en
 
 CACHE_SUBDIR = "desta-audio/small-desta"
 SEED = 0
@@ -35,16 +34,7 @@ def build_small_desta(out_dir: str | os.PathLike) -> Path:
     set_seed(SEED)
     processor = DestaProcessor.from_components(llm, whisper, num_audio_queries=NUM_AUDIO_QUERIES)
     model = DestaForConditionalGeneration.from_components(llm, whisper, processor=processor, **CONNECTOR)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        if not out.exists():  # a finished folder appears whole, even with several builders at once
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return save_whole(out, model, processor)
 
 
 def cached_small_desta(cache_dir: str | os.PathLike | None = None) -> Path:

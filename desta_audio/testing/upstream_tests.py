@@ -28,7 +28,7 @@ import tempfile
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-from ..small.whisper_tiny_en import default_cache_dir
+from ..small.cache import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
